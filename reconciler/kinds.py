@@ -1,0 +1,146 @@
+"""The manifest kinds as immutable, typed objects.
+
+These are built from schema-valid documents only, so their fields can be trusted. Each object
+keeps the `Document` it came from (excluded from comparison) so that later checks can report a
+problem at the right file, line and field.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Literal
+
+from .sources import Document
+
+DEFAULT_RESOURCE_GROUP = "default"
+
+TemplateForm = Literal["kserve", "container"]
+TargetStatus = Literal["RUNNING", "STOPPED"]
+
+
+@dataclass(frozen=True)
+class Parameter:
+    name: str
+    default: str | None = None
+    description: str | None = None
+
+
+@dataclass(frozen=True)
+class ArtifactInput:
+    name: str
+    kind: str | None = None
+    description: str | None = None
+
+
+@dataclass(frozen=True)
+class ServingTemplate:
+    """An executable. Its name is the executable id; templates are shared by all resource
+    groups, as AI Core's serving templates are managed at the level of the main tenant."""
+
+    name: str
+    form: TemplateForm
+    scenario_id: str
+    scenario_name: str | None
+    scenario_description: str | None
+    version_id: str | None
+    description: str | None
+    parameters: tuple[Parameter, ...]
+    artifacts: tuple[ArtifactInput, ...]
+    cascade_update: bool
+    labels: tuple[tuple[str, str], ...]
+    annotations: tuple[tuple[str, str], ...]
+    # The part to render: the KServe InferenceService (kserve form) or the container mapping.
+    body: Any = field(compare=False, repr=False)
+    body_pointer: str = field(compare=False, repr=False)
+    doc: Document = field(compare=False, repr=False)
+
+    def parameter(self, name: str) -> Parameter | None:
+        return next((p for p in self.parameters if p.name == name), None)
+
+    def artifact(self, name: str) -> ArtifactInput | None:
+        return next((a for a in self.artifacts if a.name == name), None)
+
+
+@dataclass(frozen=True)
+class Configuration:
+    """Values for an executable's inputs. Its id is its name, unique per resource group."""
+
+    name: str
+    resource_group: str
+    executable_id: str
+    scenario_id: str
+    version_id: str | None
+    parameter_bindings: tuple[tuple[str, str], ...]
+    artifact_bindings: tuple[tuple[str, str], ...]
+    labels: tuple[tuple[str, str], ...]
+    doc: Document = field(compare=False, repr=False)
+
+    @property
+    def id(self) -> str:
+        return self.name
+
+
+@dataclass(frozen=True)
+class Deployment:
+    name: str
+    resource_group: str
+    id: str
+    configuration_id: str
+    target_status: TargetStatus
+    ttl: str | None
+    labels: tuple[tuple[str, str], ...]
+    doc: Document = field(compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class Artifact:
+    name: str
+    resource_group: str
+    kind: str
+    url: str
+    scenario_id: str
+    description: str | None
+    labels: tuple[tuple[str, str], ...]
+    doc: Document = field(compare=False, repr=False)
+
+    @property
+    def id(self) -> str:
+        return self.name
+
+
+@dataclass(frozen=True)
+class ResourcePlan:
+    name: str
+    cpus: float
+    memory: int  # bytes
+    gpus: int
+    gpu_type: str | None = None
+    description: str | None = None
+    doc: Document | None = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class Settings:
+    instance: str | None = None
+    publish_address: str = "127.0.0.1"
+    gpus: tuple[str, ...] = ()
+    doc: Document | None = field(default=None, compare=False, repr=False)
+
+
+RGKey = tuple[str, str]  # (resource group, id)
+
+
+@dataclass(frozen=True, eq=False)
+class Repository:
+    """Everything one GitOps root declares, after schema checks (invalid documents left out)."""
+
+    root: Path
+    instance: str
+    settings: Settings
+    templates: MappingProxyType[str, ServingTemplate]
+    configurations: MappingProxyType[RGKey, Configuration]
+    artifacts: MappingProxyType[RGKey, Artifact]
+    deployments: tuple[Deployment, ...]
+    plans: MappingProxyType[str, ResourcePlan]

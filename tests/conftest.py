@@ -1,0 +1,130 @@
+"""Shared test helpers: GitOps roots made of real files, and the real CLI.
+
+`gitops(files)` writes a GitOps root under pytest's tmp_path; `cli(...)` runs the command line
+in-process (fast, real code path); `cli_process(...)` runs the installed console script in a
+child process, for what only a real process shows (exit codes, tracebacks, signals).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from reconciler.cli import main
+
+PROJECT = Path(__file__).resolve().parent.parent
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+    @property
+    def lines(self) -> list[str]:
+        return [line for line in self.err.splitlines() if line.strip()]
+
+
+def cli(*args: str | Path) -> Result:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main([str(a) for a in args])
+    return Result(code, out.getvalue(), err.getvalue())
+
+
+def cli_process(*args: str | Path, timeout: float = 120, **kwargs: object) -> Result:
+    proc = subprocess.run(
+        [sys.executable, "-m", "reconciler", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        **kwargs,  # type: ignore[arg-type]
+    )
+    return Result(proc.returncode, proc.stdout, proc.stderr)
+
+
+def write_tree(root: Path, files: dict[str, str]) -> Path:
+    for rel, text in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(textwrap.dedent(text).lstrip("\n"))
+    for folder in ("manifests", "templates"):
+        (root / folder).mkdir(exist_ok=True)
+    return root
+
+
+@pytest.fixture
+def gitops(tmp_path: Path) -> Callable[[dict[str, str]], Path]:
+    def make(files: dict[str, str], name: str = "repo") -> Path:
+        return write_tree(tmp_path / name, files)
+
+    return make
+
+
+# A small, valid repository in the project's own template form; tests edit copies of it.
+ECHO_TEMPLATE = """
+apiVersion: reconciler/v1
+kind: ServingTemplate
+metadata:
+  name: echo-serving
+spec:
+  scenarioId: echo
+  inputs:
+    parameters:
+      - name: greeting
+        default: hello
+      - name: port
+        default: "8080"
+    artifacts:
+      - name: model
+  container:
+    image: "echo/server:{{ inputs.parameters.greeting }}"
+    env:
+      GREETING: "{{ inputs.parameters.greeting }}"
+    port: "{{ inputs.parameters.port }}"
+    modelArtifact: model
+"""
+
+ECHO_MANIFESTS = """
+apiVersion: reconciler/v1
+kind: Artifact
+metadata:
+  name: echo-model
+spec:
+  kind: model
+  url: file:models/echo
+  scenarioId: echo
+---
+apiVersion: reconciler/v1
+kind: Configuration
+metadata:
+  name: echo-config
+spec:
+  executableId: echo-serving
+  scenarioId: echo
+  inputArtifactBindings:
+    - key: model
+      artifactId: echo-model
+---
+apiVersion: reconciler/v1
+kind: Deployment
+metadata:
+  name: echo
+spec:
+  configurationId: echo-config
+"""
+
+
+@pytest.fixture
+def echo_repo(gitops: Callable[..., Path]) -> Path:
+    return gitops({"templates/echo.yaml": ECHO_TEMPLATE, "manifests/echo.yaml": ECHO_MANIFESTS})
