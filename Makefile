@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: test lint bench venv clean
+.PHONY: test lint bench venv clean docker
 
 # A virtual env with the package (editable) and the test tools; rebuilt when pyproject changes.
 $(STAMP): pyproject.toml
@@ -19,7 +19,12 @@ lint: $(STAMP)
 	$(BIN)/ruff check reconciler tests bench
 	$(BIN)/ruff format --check reconciler tests bench
 
-test: lint
+# A Docker engine (started, or installed, when missing) and the tiny image engine tests use.
+docker:
+	scripts/ensure-docker
+	scripts/build-test-image
+
+test: lint docker
 	$(BIN)/python -m pytest
 
 bench: $(STAMP)

@@ -136,6 +136,214 @@ def schema_command(kind: str | None) -> None:
     _json_out(schema.kind_schema(match))
 
 
+def _tty(stream: object) -> bool:
+    return bool(getattr(stream, "isatty", lambda: False)())
+
+
+@cli.command("plan")
+@_root_option
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print the plan as JSON (with a format version)."
+)
+@click.option(
+    "--detailed-exitcode",
+    is_flag=True,
+    help="Exit 0 when there is nothing to change, 2 when there are changes, 1 on error.",
+)
+@click.option("--allow-empty", is_flag=True, help="Allow deleting every deployment.")
+@click.pass_context
+def plan_command(
+    ctx: click.Context, root: Path | None, as_json: bool, detailed_exitcode: bool, allow_empty: bool
+) -> None:
+    """Show what reconcile would change on Docker, each change with its cause."""
+    from .present import plan_text
+    from .reconcile import preview
+
+    the_plan = preview(_root(ctx, root), allow_empty=allow_empty).plan
+    if as_json:
+        _json_out(the_plan.to_json())
+        if the_plan.problems:
+            ctx.exit(1)
+    elif the_plan.problems:
+        raise ManifestError(the_plan.problems)
+    else:
+        for line in plan_text(the_plan, colour=_tty(sys.stdout)):
+            click.echo(line)
+    if detailed_exitcode and the_plan.has_changes:
+        ctx.exit(2)
+
+
+def _run_pass(
+    ctx: click.Context,
+    root: Path,
+    allow_empty: bool,
+    parallel: int,
+    lock_timeout: float,
+    confirm: Callable[[Any], bool] | None,
+) -> None:
+    """Print the plan, (ask,) apply with progress, and say whether the host converged."""
+    from .present import Progress, plan_text
+    from .reconcile import reconcile
+
+    progress = Progress(live=_tty(sys.stderr))
+
+    def accept(the_plan: Any) -> bool:
+        for line in plan_text(the_plan, colour=_tty(sys.stdout)):
+            click.echo(line)
+        if confirm is not None and not confirm(the_plan):
+            return False
+        progress.start(len(the_plan.changes) + len(the_plan.settle))
+        return True
+
+    try:
+        result = reconcile(
+            root,
+            allow_empty=allow_empty,
+            parallel=parallel,
+            report=progress,
+            confirm=accept,
+            lock_wait=lock_timeout,
+        )
+    finally:
+        progress.close()
+    if not result.applied:
+        click.echo("nothing applied")
+        return
+    if not result.outcomes:
+        click.echo("converged: nothing to change")
+        return
+    failed = [o for o in result.outcomes if not o.ok]
+    if failed:
+        click.echo(
+            f"not converged: {len(failed)} of {len(result.outcomes)} deployment(s) failed "
+            f"({result.seconds:.1f}s); see reconciler status",
+            err=True,
+        )
+        ctx.exit(1)
+    click.echo(f"converged: {len(result.outcomes)} deployment(s) changed in {result.seconds:.1f}s")
+
+
+def _pass_options(f: F) -> F:
+    f = click.option(
+        "--parallel",
+        type=click.IntRange(1, 64),
+        default=8,
+        show_default=True,
+        help="Deployments worked on at the same time.",
+    )(f)
+    f = click.option(
+        "--lock-timeout",
+        type=click.FloatRange(0),
+        default=10.0,
+        show_default=True,
+        help="Seconds to wait for another reconcile of this root to finish.",
+    )(f)
+    return click.option("--allow-empty", is_flag=True, help="Allow deleting every deployment.")(f)
+
+
+@cli.command("reconcile")
+@_root_option
+@_pass_options
+@click.pass_context
+def reconcile_command(
+    ctx: click.Context, root: Path | None, allow_empty: bool, parallel: int, lock_timeout: float
+) -> None:
+    """One full converge pass, without a prompt (what CI, cron and watch run)."""
+    _run_pass(ctx, _root(ctx, root), allow_empty, parallel, lock_timeout, confirm=None)
+
+
+@cli.command("apply")
+@_root_option
+@click.option("--yes", "-y", is_flag=True, help="Do not ask; apply the plan.")
+@_pass_options
+@click.pass_context
+def apply_command(
+    ctx: click.Context,
+    root: Path | None,
+    yes: bool,
+    allow_empty: bool,
+    parallel: int,
+    lock_timeout: float,
+) -> None:
+    """Print the plan, ask, then reconcile."""
+    if not yes and not _tty(sys.stdin):
+        raise UserError(
+            "apply needs a terminal to ask for confirmation: pass --yes, or use reconcile"
+        )
+
+    def confirm(the_plan: Any) -> bool:
+        if yes or not (the_plan.changes or the_plan.settle):
+            return True
+        return click.confirm("Apply these changes?", default=False)
+
+    _run_pass(ctx, _root(ctx, root), allow_empty, parallel, lock_timeout, confirm=confirm)
+
+
+@cli.command("status")
+@_root_option
+@click.option("--json", "as_json", is_flag=True, help='Print {"deployments": [...]} as JSON.')
+@click.pass_context
+def status_command(ctx: click.Context, root: Path | None, as_json: bool) -> None:
+    """Every deployment with AI Core's field names (snapshot merged with the live state)."""
+    from .present import status_table
+    from .status import status_view
+
+    items, notes = status_view(_root(ctx, root))
+    for note in notes:
+        click.echo(f"warning: {note}", err=True)
+    if as_json:
+        _json_out({"deployments": items})
+    else:
+        click.echo(status_table(items))
+
+
+def _since(text: str | None) -> Any:
+    if text is None:
+        return None
+    import re
+    from datetime import UTC, datetime, timedelta
+
+    match = re.fullmatch(r"(\d+)([smhd])", text)
+    if match:
+        unit = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}[match.group(2)]
+        return datetime.now(UTC) - timedelta(**{unit: int(match.group(1))})
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise UserError(
+            f"--since {text!r}: use a duration (30s, 10m, 2h, 1d) or an ISO time"
+        ) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+@cli.command("logs")
+@click.argument("name_or_id")
+@_root_option
+@click.option("--resource-group", "-g", default=None, help="Resource group of a named deployment.")
+@click.option(
+    "--since", default=None, help="Only lines newer than this: 10m, 2h, 1d or an ISO time."
+)
+@click.option("--tail", type=click.IntRange(min=0), default=None, help="Only the last N lines.")
+@click.option("--timestamps", "-t", is_flag=True, help="Prefix every line with its time.")
+@click.pass_context
+def logs_command(
+    ctx: click.Context,
+    name_or_id: str,
+    root: Path | None,
+    resource_group: str | None,
+    since: str | None,
+    tail: int | None,
+    timestamps: bool,
+) -> None:
+    """The model server's log lines."""
+    from .logs import deployment_logs
+
+    for line in deployment_logs(
+        _root(ctx, root), name_or_id, resource_group, _since(since), tail, timestamps
+    ):
+        click.echo(line)
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         result = cli.main(args=argv, prog_name="reconciler", standalone_mode=False)

@@ -328,6 +328,9 @@ def _container_draft(template: ServingTemplate, inputs: Inputs) -> Draft:
         restart_policy=c.get("restartPolicy", Draft.restart_policy),
         shm_size=c.get("shmSize"),
         ipc_mode=c.get("ipc"),
+        stop_timeout=_int(c["stopTimeout"], f"{base}/stopTimeout", 0)
+        if "stopTimeout" in c
+        else None,
     )
 
 

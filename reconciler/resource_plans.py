@@ -12,13 +12,13 @@ _GIB = 1024**3
 BUILTIN: dict[str, ResourcePlan] = {
     p.name: p
     for p in (
-        ResourcePlan("starter", 1, 3 * _GIB, 0, description="1 vCPU, 3 GB"),
-        ResourcePlan("basic", 3, 11 * _GIB, 0, description="3 vCPU, 11 GB"),
-        ResourcePlan("basic.8x", 31, 116 * _GIB, 0, description="31 vCPU, 116 GB"),
-        ResourcePlan("train.l", 7, 55 * _GIB, 1, "V100", "1 V100, 7 vCPU, 55 GB"),
-        ResourcePlan("infer.s", 3, 10 * _GIB, 1, "T4", "1 T4, 3 vCPU, 10 GB"),
-        ResourcePlan("infer.m", 7, 26 * _GIB, 1, "T4", "1 T4, 7 vCPU, 26 GB"),
-        ResourcePlan("infer.l", 15, 58 * _GIB, 1, "T4", "1 T4, 15 vCPU, 58 GB"),
+        ResourcePlan("starter", 1.0, 3 * _GIB, 0, description="1 vCPU, 3 GB"),
+        ResourcePlan("basic", 3.0, 11 * _GIB, 0, description="3 vCPU, 11 GB"),
+        ResourcePlan("basic.8x", 31.0, 116 * _GIB, 0, description="31 vCPU, 116 GB"),
+        ResourcePlan("train.l", 7.0, 55 * _GIB, 1, "V100", "1 V100, 7 vCPU, 55 GB"),
+        ResourcePlan("infer.s", 3.0, 10 * _GIB, 1, "T4", "1 T4, 3 vCPU, 10 GB"),
+        ResourcePlan("infer.m", 7.0, 26 * _GIB, 1, "T4", "1 T4, 7 vCPU, 26 GB"),
+        ResourcePlan("infer.l", 15.0, 58 * _GIB, 1, "T4", "1 T4, 15 vCPU, 58 GB"),
     )
 }
 

@@ -128,3 +128,36 @@ spec:
 @pytest.fixture
 def echo_repo(gitops: Callable[..., Path]) -> Path:
     return gitops({"templates/echo.yaml": ECHO_TEMPLATE, "manifests/echo.yaml": ECHO_MANIFESTS})
+
+
+@pytest.fixture(scope="session")
+def docker_client():
+    from tests.engine_support import ensure_engine_and_image
+
+    return ensure_engine_and_image()
+
+
+@pytest.fixture
+def host(tmp_path: Path, docker_client):
+    from tests.engine_support import make_host
+
+    h = make_host(tmp_path, docker_client)
+    yield h
+    h.cleanup()
+
+
+@pytest.fixture
+def make_hosts(tmp_path: Path, docker_client):
+    """Several GitOps roots (instances) on the same engine."""
+    from tests.engine_support import make_host
+
+    made = []
+
+    def make(name: str):
+        h = make_host(tmp_path, docker_client, name)
+        made.append(h)
+        return h
+
+    yield make
+    for h in made:
+        h.cleanup()

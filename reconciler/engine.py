@@ -1,0 +1,236 @@
+"""The Docker engine: the one module that talks to the Docker SDK.
+
+Everything else works on plain data. The low-level `APIClient` is used on purpose: its
+container list returns summaries with labels, state and ports in one call, where the high-level
+client would inspect every container (N+1 calls on the no-op path).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import docker
+import requests
+from docker.errors import APIError, DockerException, ImageNotFound, NotFound
+from docker.types import DeviceRequest
+from docker.types import Mount as DockerMount
+
+from .errors import UserError
+from .spec import MODEL_MOUNT, ContainerSpec
+
+_CPU_PERIOD = 100_000  # CFS period; CPU limits are quota/period (docker update can change them)
+
+
+class EngineUnreachable(UserError):
+    """The Docker engine does not answer."""
+
+
+class EngineError(Exception):
+    """Docker refused an operation; `str()` is Docker's own explanation."""
+
+
+@dataclass(frozen=True)
+class ContainerRequest:
+    """Everything needed to create one container of a deployment."""
+
+    name: str
+    spec: ContainerSpec
+    labels: dict[str, str]
+    publish_address: str
+    cpus: float  # possibly limited to what the host has
+    gpu_ids: tuple[str, ...] = ()
+
+
+def _explain(exc: Exception) -> str:
+    if isinstance(exc, APIError):
+        text = exc.explanation if isinstance(exc.explanation, str) else str(exc)
+        return text.strip() or str(exc)
+    return str(exc)
+
+
+class Engine:
+    def __init__(self, client: docker.APIClient, where: str) -> None:
+        self._client = client
+        self.where = where
+        self._pull_lock = threading.Lock()
+
+    @classmethod
+    def connect(cls, timeout: float = 60) -> Engine:
+        kwargs = docker.utils.kwargs_from_env()
+        where = kwargs.get("base_url") or "unix:///var/run/docker.sock"
+        try:
+            client = docker.APIClient(version="auto", timeout=timeout, **kwargs)
+        except DockerException as exc:
+            raise EngineUnreachable(cls._unreachable(where, exc)) from None
+        return cls(client, where)
+
+    @staticmethod
+    def _unreachable(where: str, exc: Exception) -> str:
+        reason = str(exc).split(" (Caused by")[0][:200]
+        return (
+            f"Docker engine unreachable at {where} ({reason}): start it "
+            "(sudo systemctl start docker, or scripts/ensure-docker) or set DOCKER_HOST"
+        )
+
+    def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """One API call; connection failures become EngineUnreachable, refusals EngineError."""
+        try:
+            return fn(*args, **kwargs)
+        except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
+            raise EngineUnreachable(self._unreachable(self.where, exc)) from None
+        except NotFound:
+            raise
+        except APIError as exc:
+            raise EngineError(_explain(exc)) from None
+
+    # -- observing --------------------------------------------------------------------------
+
+    def list_containers(self, label_filters: list[str]) -> list[dict[str, Any]]:
+        return self._call(self._client.containers, all=True, filters={"label": label_filters})
+
+    def images(self) -> list[dict[str, Any]]:
+        return self._call(self._client.images)
+
+    def inspect(self, container_id: str) -> dict[str, Any] | None:
+        try:
+            return self._call(self._client.inspect_container, container_id)
+        except NotFound:
+            return None
+
+    @functools.cached_property
+    def ncpus(self) -> int:
+        return int(self._call(self._client.info).get("NCPU") or 1)
+
+    def logs(
+        self,
+        container_id: str,
+        tail: int | str = "all",
+        since: datetime | None = None,
+        timestamps: bool = False,
+    ) -> bytes:
+        try:
+            return self._call(
+                self._client.logs, container_id, tail=tail, since=since, timestamps=timestamps
+            )
+        except NotFound:
+            return b""
+
+    def follow_logs(
+        self, container_id: str, tail: int | str, since: datetime | None
+    ) -> Iterator[bytes]:
+        return self._call(
+            self._client.logs, container_id, stream=True, follow=True, tail=tail, since=since
+        )
+
+    # -- changing ---------------------------------------------------------------------------
+
+    def image_id(self, ref: str) -> str | None:
+        try:
+            return self._call(self._client.inspect_image, ref)["Id"]
+        except (NotFound, ImageNotFound):
+            return None
+
+    def ensure_image(self, ref: str) -> str:
+        """The image's id, pulling it when it is not on the host (as compose does)."""
+        image_id = self.image_id(ref)
+        if image_id:
+            return image_id
+        with self._pull_lock:  # one pull per image, however many deployments use it
+            image_id = self.image_id(ref)
+            if image_id:
+                return image_id
+            try:
+                self._call(self._client.pull, ref)
+            except (EngineError, NotFound) as exc:
+                raise EngineError(
+                    f"image {ref} is not on this host and could not be pulled ({_explain(exc)}); "
+                    "build or load it (docker load) first"
+                ) from None
+        image_id = self.image_id(ref)
+        if not image_id:
+            raise EngineError(f"image {ref} could not be found after pulling it")
+        return image_id
+
+    def create(self, req: ContainerRequest) -> str:
+        spec = req.spec
+        mounts = []
+        if spec.model_path:
+            mounts.append(DockerMount(MODEL_MOUNT, spec.model_path, type="bind", read_only=True))
+        for m in spec.volumes:
+            mounts.append(
+                DockerMount(
+                    m.target,
+                    m.source,
+                    type="volume" if m.is_volume else "bind",
+                    read_only=m.read_only,
+                )
+            )
+        device_requests = []
+        if req.gpu_ids:
+            device_requests.append(
+                DeviceRequest(device_ids=list(req.gpu_ids), capabilities=[["gpu"]])
+            )
+        elif spec.gpus:
+            device_requests.append(DeviceRequest(count=spec.gpus, capabilities=[["gpu"]]))
+        host_config = self._client.create_host_config(
+            port_bindings={spec.port: (req.publish_address, None)},
+            mounts=mounts,
+            cpu_period=_CPU_PERIOD,
+            cpu_quota=int(req.cpus * _CPU_PERIOD),
+            mem_limit=spec.memory,
+            memswap_limit=spec.memory,
+            restart_policy={"Name": spec.restart_policy} if spec.restart_policy != "no" else None,
+            device_requests=device_requests or None,
+            shm_size=spec.shm_size,
+            ipc_mode=spec.ipc_mode,
+        )
+        created = self._call(
+            self._client.create_container,
+            spec.image,
+            name=req.name,
+            entrypoint=list(spec.command) if spec.command is not None else None,
+            command=list(spec.args) if spec.args is not None else None,
+            environment=[f"{e.name}={e.value}" for e in spec.env],
+            labels=req.labels,
+            ports=[spec.port],
+            working_dir=spec.working_dir,
+            stop_timeout=spec.stop_timeout,
+            host_config=host_config,
+        )
+        return created["Id"]
+
+    def start(self, container_id: str) -> None:
+        self._call(self._client.start, container_id)
+
+    def update(self, container_id: str, cpus: float, memory: int, restart_policy: str) -> None:
+        self._call(
+            self._client.update_container,
+            container_id,
+            cpu_period=_CPU_PERIOD,
+            cpu_quota=int(cpus * _CPU_PERIOD),
+            mem_limit=memory,
+            memswap_limit=memory,
+            restart_policy={"Name": restart_policy if restart_policy != "no" else ""},
+        )
+
+    def stop(self, container_id: str, timeout: int | None = None) -> None:
+        with contextlib.suppress(NotFound):
+            self._call(
+                self._client.stop, container_id, timeout=timeout if timeout is not None else 10
+            )
+
+    def remove(self, container_id: str) -> None:
+        """Remove a container (killing it if it still runs); gone already is fine."""
+        try:
+            self._call(self._client.remove_container, container_id, force=True)
+        except NotFound:
+            pass
+        except EngineError as exc:
+            if "already in progress" not in str(exc) and "No such container" not in str(exc):
+                raise

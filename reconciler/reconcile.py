@@ -1,0 +1,103 @@
+"""One reconcile pass: load → render → observe → plan → apply → record, under the lock.
+
+The core function shared by the command line (`plan`, `reconcile`, `apply`) and, later, the
+server and the watch loop. Nothing on the host changes unless the manifests load, validate and
+plan without a problem.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .apply import DEFAULT_PARALLEL, Outcome, Reporter, apply_plan
+from .desired import DesiredState, desired_state
+from .engine import Engine
+from .errors import ManifestError
+from .observe import Observed, observe
+from .plan import Plan, plan
+from .record import Recorder, Snapshot, instance_lock, iso, now, read_snapshot, write_snapshot
+from .revision import working_tree_revision
+
+
+@dataclass(frozen=True)
+class Preview:
+    """What `plan` shows: the inputs and the plan, nothing changed."""
+
+    desired: DesiredState
+    observed: Observed
+    snapshot: Snapshot
+    plan: Plan
+
+
+@dataclass(frozen=True)
+class PassResult:
+    plan: Plan
+    outcomes: list[Outcome] = field(default_factory=list)
+    seconds: float = 0.0
+    applied: bool = True  # False when the user declined the plan
+
+    @property
+    def converged(self) -> bool:
+        return self.applied and all(o.ok for o in self.outcomes)
+
+
+def preview(root: Path, engine: Engine | None = None, allow_empty: bool = False) -> Preview:
+    desired = desired_state(root)
+    engine = engine or Engine.connect()
+    snapshot = read_snapshot(root, desired.repo.instance)
+    observed = observe(engine, desired.repo.instance)
+    revision = working_tree_revision(root)
+    the_plan = plan(desired, observed, snapshot, now(), allow_empty, revision)
+    return Preview(desired, observed, snapshot, the_plan)
+
+
+def reconcile(
+    root: Path,
+    *,
+    allow_empty: bool = False,
+    parallel: int = DEFAULT_PARALLEL,
+    report: Reporter | None = None,
+    confirm: Callable[[Plan], bool] | None = None,
+    stop: threading.Event | None = None,
+    trigger: str = "cli",
+    lock_wait: float = 10.0,
+) -> PassResult:
+    started = time.monotonic()
+    started_at = iso(now())
+    with instance_lock(root, wait=lock_wait):
+        engine = Engine.connect()
+        view = preview(root, engine, allow_empty)
+        the_plan = view.plan
+        if the_plan.problems:
+            raise ManifestError(the_plan.problems)
+        if confirm is not None and not confirm(the_plan):
+            return PassResult(the_plan, applied=False)
+        if not the_plan.changes and not the_plan.settle:
+            if view.snapshot.revision != the_plan.revision and view.snapshot.records:
+                write_snapshot(root, _with_revision(view.snapshot, the_plan.revision))
+            return PassResult(the_plan, seconds=time.monotonic() - started)
+        recorder = Recorder(root, view.snapshot, the_plan.revision)
+        outcomes = apply_plan(
+            engine, view.desired, the_plan, recorder, the_plan.revision, parallel, report, stop
+        )
+        seconds = time.monotonic() - started
+        recorder.finish(
+            {
+                "revision": the_plan.revision,
+                "trigger": trigger,
+                "startedAt": started_at,
+                "durationSeconds": round(seconds, 2),
+                "result": "converged" if all(o.ok for o in outcomes) else "failed",
+                "changes": [c.describe() for c in the_plan.changes],
+                "failures": [o.describe() for o in outcomes if not o.ok],
+            }
+        )
+        return PassResult(the_plan, outcomes, seconds)
+
+
+def _with_revision(snapshot: Snapshot, revision: str | None) -> Snapshot:
+    return Snapshot(snapshot.instance, snapshot.records, snapshot.history, revision)

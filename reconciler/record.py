@@ -1,0 +1,245 @@
+"""Record: the state snapshot under `state/`, and the lock that keeps one writer per instance.
+
+The snapshot is what Docker cannot tell us: AI Core's deployment fields (status, statusMessage,
+lastOperation, latestRunningConfigurationId, timestamps), GPU assignments, configurations that
+failed (so they are not retried in a tight loop), and a short history of passes. It is written
+atomically (temp file + rename), as deterministic, sorted JSON that diffs well in git. It never
+holds a secret: environment values are not recorded, and log lines are redacted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from .errors import UserError
+
+FORMAT_VERSION = 1
+STATE_DIR = "state"
+SNAPSHOT = "snapshot.json"
+LOCK = ".lock"
+HISTORY_LENGTH = 20
+
+
+def now() -> datetime:
+    return datetime.now(UTC).replace(microsecond=0)
+
+
+def iso(moment: datetime | None) -> str | None:
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ") if moment else None
+
+
+def parse_iso(text: str | None) -> datetime | None:
+    if not text:
+        return None
+    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class Record:
+    """One deployment as the reconciler last left it (AI Core's field names in `to_api`)."""
+
+    id: str
+    name: str
+    resource_group: str
+    status: str = "UNKNOWN"
+    status_message: str | None = None
+    target_status: str = "RUNNING"
+    last_operation: str | None = None
+    configuration_id: str | None = None
+    executable_id: str | None = None
+    scenario_id: str | None = None
+    latest_running_configuration_id: str | None = None
+    ttl: str | None = None
+    created_at: str | None = None
+    modified_at: str | None = None
+    submission_time: str | None = None
+    start_time: str | None = None
+    completion_time: str | None = None
+    dead_since: str | None = None
+    config_hash: str | None = None  # what serves now (or was last attempted)
+    failed_hash: str | None = None  # a configuration that failed; retried only once it changes
+    expired: bool = False  # deleted by its ttl; not recreated under the same name
+    replicas: int | None = None
+    gpus: tuple[str, ...] = ()
+    # Resources applied in place with `docker update`, per container id (labels are immutable).
+    updated_resources: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    last_logs: tuple[str, ...] = ()
+    revision: str | None = None
+
+    @property
+    def ever_started(self) -> bool:
+        return self.start_time is not None
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["gpus"] = list(self.gpus)
+        data["last_logs"] = list(self.last_logs)
+        data["updated_resources"] = {k: dict(v) for k, v in self.updated_resources.items()}
+        return {_camel(k): v for k, v in sorted(data.items())}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Record:
+        known = {f for f in cls.__dataclass_fields__}
+        values = {_snake(k): v for k, v in data.items() if _snake(k) in known}
+        values["gpus"] = tuple(values.get("gpus") or ())
+        values["last_logs"] = tuple(values.get("last_logs") or ())
+        return cls(**values)
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part.title() for part in rest)
+
+
+def _snake(name: str) -> str:
+    return "".join(f"_{c.lower()}" if c.isupper() else c for c in name)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    instance: str
+    records: Mapping[str, Record]
+    history: tuple[Mapping[str, Any], ...] = ()
+    revision: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "formatVersion": FORMAT_VERSION,
+            "instance": self.instance,
+            "revision": self.revision,
+            "deployments": {k: self.records[k].to_json() for k in sorted(self.records)},
+            "history": list(self.history),
+        }
+
+
+def snapshot_path(root: Path) -> Path:
+    return root / STATE_DIR / SNAPSHOT
+
+
+def read_snapshot(root: Path, instance: str) -> Snapshot:
+    """The last snapshot of this instance (empty when none, or when it names another)."""
+    path = snapshot_path(root)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return Snapshot(instance, {})
+    except (OSError, ValueError) as exc:
+        raise UserError(
+            f"{path} is unreadable ({exc}): restore it from git or delete it "
+            "(statuses and history are then rebuilt from the containers)"
+        ) from None
+    if data.get("instance") != instance:
+        return Snapshot(instance, {})
+    records = {k: Record.from_json(v) for k, v in (data.get("deployments") or {}).items()}
+    return Snapshot(instance, records, tuple(data.get("history") or ()), data.get("revision"))
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write via a temp file in the same folder and rename: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_snapshot(root: Path, snapshot: Snapshot) -> None:
+    text = json.dumps(snapshot.to_json(), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+    write_atomic(snapshot_path(root), text)
+
+
+class Recorder:
+    """The snapshot being written during one pass; safe to use from apply's worker threads.
+    Every status change is flushed to disk at once, so a killed pass leaves a true record."""
+
+    def __init__(self, root: Path, snapshot: Snapshot, revision: str | None) -> None:
+        self._root = root
+        self._lock = threading.Lock()
+        self._instance = snapshot.instance
+        self._records = dict(snapshot.records)
+        self._history = list(snapshot.history)
+        self._revision = revision
+
+    def get(self, deployment_id: str) -> Record | None:
+        with self._lock:
+            return self._records.get(deployment_id)
+
+    def put(self, record: Record) -> None:
+        with self._lock:
+            self._records[record.id] = record
+            self._flush()
+
+    def update(self, deployment_id: str, **changes: Any) -> Record:
+        with self._lock:
+            record = replace(self._records[deployment_id], **changes)
+            self._records[deployment_id] = record
+            self._flush()
+            return record
+
+    def forget(self, deployment_id: str) -> None:
+        with self._lock:
+            if self._records.pop(deployment_id, None) is not None:
+                self._flush()
+
+    def finish(self, entry: Mapping[str, Any]) -> Snapshot:
+        with self._lock:
+            self._history = [*self._history, dict(entry)][-HISTORY_LENGTH:]
+            return self._flush()
+
+    def snapshot(self) -> Snapshot:
+        with self._lock:
+            return self._current()
+
+    def _current(self) -> Snapshot:
+        return Snapshot(self._instance, dict(self._records), tuple(self._history), self._revision)
+
+    def _flush(self) -> Snapshot:
+        snapshot = self._current()
+        write_snapshot(self._root, snapshot)
+        return snapshot
+
+
+@contextlib.contextmanager
+def instance_lock(root: Path, wait: float = 10.0) -> Iterator[None]:
+    """One writer per GitOps root. `flock` is released by the kernel when the holder dies,
+    even by SIGKILL, so a killed reconcile never leaves a stale lock."""
+    path = root / STATE_DIR / LOCK
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
+                    raise UserError(
+                        f"another reconcile is running on {root} ({holder}); "
+                        "wait for it to finish, or stop it"
+                    ) from None
+                time.sleep(0.1)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} since {iso(now())}".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
