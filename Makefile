@@ -27,8 +27,9 @@ docker:
 test: lint docker
 	$(BIN)/python -m pytest
 
-bench: $(STAMP)
+bench: $(STAMP) docker
 	$(BIN)/python bench/validate_1000.py 1000
+	$(BIN)/python bench/reconcile_vs_compose.py 100
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache

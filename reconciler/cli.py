@@ -177,7 +177,7 @@ def _run_pass(
     ctx: click.Context,
     root: Path,
     allow_empty: bool,
-    parallel: int,
+    parallel: int | None,
     lock_timeout: float,
     confirm: Callable[[Any], bool] | None,
 ) -> None:
@@ -199,7 +199,7 @@ def _run_pass(
         result = reconcile(
             root,
             allow_empty=allow_empty,
-            parallel=parallel,
+            parallel=parallel,  # None: apply's default
             report=progress,
             confirm=accept,
             lock_wait=lock_timeout,
@@ -227,9 +227,8 @@ def _pass_options(f: F) -> F:
     f = click.option(
         "--parallel",
         type=click.IntRange(1, 64),
-        default=8,
-        show_default=True,
-        help="Deployments worked on at the same time.",
+        default=None,
+        help="Deployments worked on at the same time (default 16).",
     )(f)
     f = click.option(
         "--lock-timeout",
@@ -246,7 +245,11 @@ def _pass_options(f: F) -> F:
 @_pass_options
 @click.pass_context
 def reconcile_command(
-    ctx: click.Context, root: Path | None, allow_empty: bool, parallel: int, lock_timeout: float
+    ctx: click.Context,
+    root: Path | None,
+    allow_empty: bool,
+    parallel: int | None,
+    lock_timeout: float,
 ) -> None:
     """One full converge pass, without a prompt (what CI, cron and watch run)."""
     _run_pass(ctx, _root(ctx, root), allow_empty, parallel, lock_timeout, confirm=None)
@@ -262,7 +265,7 @@ def apply_command(
     root: Path | None,
     yes: bool,
     allow_empty: bool,
-    parallel: int,
+    parallel: int | None,
     lock_timeout: float,
 ) -> None:
     """Print the plan, ask, then reconcile."""

@@ -59,7 +59,7 @@ def reconcile(
     root: Path,
     *,
     allow_empty: bool = False,
-    parallel: int = DEFAULT_PARALLEL,
+    parallel: int | None = None,
     report: Reporter | None = None,
     confirm: Callable[[Plan], bool] | None = None,
     stop: threading.Event | None = None,
@@ -81,9 +81,19 @@ def reconcile(
                 write_snapshot(root, _with_revision(view.snapshot, the_plan.revision))
             return PassResult(the_plan, seconds=time.monotonic() - started)
         recorder = Recorder(root, view.snapshot, the_plan.revision)
-        outcomes = apply_plan(
-            engine, view.desired, the_plan, recorder, the_plan.revision, parallel, report, stop
-        )
+        try:
+            outcomes = apply_plan(
+                engine,
+                view.desired,
+                the_plan,
+                recorder,
+                the_plan.revision,
+                parallel or DEFAULT_PARALLEL,
+                report,
+                stop,
+            )
+        finally:
+            recorder.close()  # whatever happened, what was recorded reaches the disk
         seconds = time.monotonic() - started
         recorder.finish(
             {

@@ -168,15 +168,27 @@ def write_snapshot(root: Path, snapshot: Snapshot) -> None:
 
 class Recorder:
     """The snapshot being written during one pass; safe to use from apply's worker threads.
-    Every status change is flushed to disk at once, so a killed pass leaves a true record."""
+
+    Every status change is written to disk promptly, so a killed pass leaves a true record, but
+    not by the thread that made it: a writer thread writes the newest state whenever it changed
+    since its last write. With 100 deployments changing at once, workers would otherwise queue
+    behind each other's serialisation of the whole snapshot. `close` (or `finish`) waits for
+    the last write."""
 
     def __init__(self, root: Path, snapshot: Snapshot, revision: str | None) -> None:
         self._root = root
         self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
         self._instance = snapshot.instance
         self._records = dict(snapshot.records)
         self._history = list(snapshot.history)
         self._revision = revision
+        self._version = 0  # bumped by every change
+        self._written = 0  # the version on disk
+        self._closing = False
+        self._error: BaseException | None = None
+        self._writer = threading.Thread(target=self._write_loop, name="recorder", daemon=True)
+        self._writer.start()
 
     def get(self, deployment_id: str) -> Record | None:
         with self._lock:
@@ -185,36 +197,68 @@ class Recorder:
     def put(self, record: Record) -> None:
         with self._lock:
             self._records[record.id] = record
-            self._flush()
+            self._touch()
 
     def update(self, deployment_id: str, **changes: Any) -> Record:
         with self._lock:
             record = replace(self._records[deployment_id], **changes)
             self._records[deployment_id] = record
-            self._flush()
+            self._touch()
             return record
 
     def forget(self, deployment_id: str) -> None:
         with self._lock:
             if self._records.pop(deployment_id, None) is not None:
-                self._flush()
+                self._touch()
 
     def finish(self, entry: Mapping[str, Any]) -> Snapshot:
+        """Add the pass to the history and write the final snapshot."""
         with self._lock:
             self._history = [*self._history, dict(entry)][-HISTORY_LENGTH:]
-            return self._flush()
+            self._touch()
+        self.close()
+        with self._lock:
+            snapshot, pending = self._current(), self._written != self._version
+            self._written = self._version
+        if pending:  # the writer was closed before: write the last state here
+            write_snapshot(self._root, snapshot)
+        return snapshot
 
     def snapshot(self) -> Snapshot:
         with self._lock:
             return self._current()
 
+    def close(self) -> None:
+        """Wait until everything recorded is on disk; stop the writer."""
+        with self._lock:
+            self._closing = True
+            self._changed.notify_all()
+        self._writer.join()
+        if self._error is not None:
+            raise self._error
+
+    def _touch(self) -> None:
+        self._version += 1
+        self._changed.notify_all()
+
     def _current(self) -> Snapshot:
         return Snapshot(self._instance, dict(self._records), tuple(self._history), self._revision)
 
-    def _flush(self) -> Snapshot:
-        snapshot = self._current()
-        write_snapshot(self._root, snapshot)
-        return snapshot
+    def _write_loop(self) -> None:
+        while True:
+            with self._lock:
+                while self._written == self._version and not self._closing:
+                    self._changed.wait()
+                if self._written == self._version:  # closing, and nothing left to write
+                    return
+                version, snapshot = self._version, self._current()
+            try:
+                write_snapshot(self._root, snapshot)
+            except BaseException as exc:  # a full disk: surfaced by close(), not lost
+                self._error = exc
+                return
+            with self._lock:
+                self._written = version
 
 
 @contextlib.contextmanager

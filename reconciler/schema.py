@@ -13,13 +13,15 @@ import functools
 import json
 from collections.abc import Callable, Iterator
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import fastjsonschema
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import ValidationError, best_match
 
 from .errors import did_you_mean
+
+if TYPE_CHECKING:  # jsonschema is imported only to explain invalid documents (it is slow to load)
+    from jsonschema import Draft202012Validator
+    from jsonschema.exceptions import ValidationError
 
 API_VERSION = "reconciler/v1"
 AICORE_API_VERSION = "ai.sap.com/v1alpha1"
@@ -138,6 +140,8 @@ def _dereference(schema: dict[str, Any]) -> dict[str, Any]:
 
 @functools.cache
 def _validator(stem: str) -> Draft202012Validator:
+    from jsonschema import Draft202012Validator
+
     schema = bundle(stem)
     Draft202012Validator.check_schema(schema)
     return Draft202012Validator(_dereference(schema))
@@ -214,6 +218,8 @@ def _describe(error: ValidationError) -> Iterator[tuple[str, str]]:
         if "description" in schema:
             yield where, f"not valid: {schema['description']}"
         else:
+            from jsonschema.exceptions import best_match
+
             best = best_match(error.context or [])
             yield from _describe(best) if best is not None else [(where, error.message)]
     else:
