@@ -29,7 +29,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 PROJECT = HERE.parent
-IMAGE = "reconciler-test/busybox:1"
+IMAGE = "reconciler-test/busybox:2"
 CPUS, MEMORY = 0.5, "256Mi"
 REPEAT = 5
 

@@ -28,6 +28,11 @@ from .spec import HASH_VERSION, ContainerSpec
 
 STATUS_MESSAGE_LIMIT = 256  # AI Core's statusMessage length
 LOG_LINES_KEPT = 50
+# After an update is recorded, the old containers keep serving this long before they stop, so
+# that `reconciler serve` (which re-reads the routes twice a second) has moved every client to
+# the new ones: no request fails during an update.
+DRAIN_SECONDS = 1.5
+_ALIVE = ("running", "restarting")
 # Docker's own create/start dominates a cold apply; more overlap than this gains little.
 DEFAULT_PARALLEL = 16
 
@@ -101,6 +106,7 @@ class Applier:
         parallel: int = DEFAULT_PARALLEL,
         report: Reporter | None = None,
         stop: threading.Event | None = None,
+        drain_seconds: float = DRAIN_SECONDS,
     ) -> None:
         self.engine = engine
         self.repo = desired.repo
@@ -109,6 +115,7 @@ class Applier:
         self.parallel = max(1, parallel)
         self.report = report or (lambda name, what: None)
         self.stop = stop or threading.Event()
+        self.drain_seconds = drain_seconds
         self._image_ids: dict[str, str] = {}  # per pass: many deployments share one image
 
     # -- the pass ---------------------------------------------------------------------------
@@ -148,9 +155,9 @@ class Applier:
             if change.failure:
                 raise _Failed(change.failure)
             if change.action == Action.UPDATE:
-                self._update_in_place(change, record)
+                retire = self._update_in_place(change, record)
             else:
-                self._bring_up(change)
+                change, retire = self._bring_up(change)
         except _Failed as failed:
             record = self._failed(change, failed)
             return Outcome(
@@ -162,7 +169,11 @@ class Applier:
                 record.status_message,
                 time.monotonic() - started,
             )
+        # Recorded first, so that gateways route to the new containers before the old ones go.
         record = self._running(change.desired, change.config_hash, change.gpus)
+        if any(c.state in _ALIVE for c in retire) and self.drain_seconds:
+            self.stop.wait(self.drain_seconds)
+        self._retire(retire, change.desired.spec)
         return Outcome(
             change.deployment_id,
             change.name,
@@ -202,7 +213,10 @@ class Applier:
 
     # -- steps ------------------------------------------------------------------------------
 
-    def _bring_up(self, change: Change) -> None:
+    def _bring_up(self, change: Change) -> tuple[Change, tuple[ObservedContainer, ...]]:
+        """Start the new containers and wait until they are ready. Returns the change (with the
+        config hash of an image pulled just now) and the old containers, still serving, to
+        retire (unless they had to stop first)."""
         assert change.desired is not None
         for c in change.remove_first:
             self.engine.remove(c.id)
@@ -220,10 +234,9 @@ class Applier:
             for cid in created:
                 self.engine.remove(cid)
             raise
-        if not change.stop_first:
-            self._retire(change.retire, spec)
+        return change, () if change.stop_first else change.retire
 
-    def _update_in_place(self, change: Change, record: Record) -> None:
+    def _update_in_place(self, change: Change, record: Record) -> tuple[ObservedContainer, ...]:
         assert change.desired is not None
         spec = change.desired.spec
         applied = dict(record.updated_resources)
@@ -246,7 +259,7 @@ class Applier:
                 for cid in created:
                     self.engine.remove(cid)
                 raise
-        self._retire(change.retire, spec)
+        return change.retire
 
     def _ensure_image(self, spec: ContainerSpec) -> str:
         if spec.image in self._image_ids:
@@ -400,7 +413,7 @@ class Applier:
 
     def _retire(self, containers: Iterable[ObservedContainer], spec: ContainerSpec | None) -> None:
         for c in containers:
-            if c.state in ("running", "restarting"):
+            if c.state in _ALIVE:
                 self.engine.stop(c.id, spec.stop_timeout if spec else None)
             self.engine.remove(c.id)
 
@@ -464,9 +477,7 @@ class Applier:
         record = self.recorder.get(d.id)
         if record is None:
             record = self._new_record(d)
-        serving = record.status == "RUNNING" and any(
-            c.state in ("running", "restarting") for c in change.retire
-        )
+        serving = record.status == "RUNNING" and any(c.state in _ALIVE for c in change.retire)
         if change.action == Action.UPDATE and record.status == "RUNNING":
             status, message = "RUNNING", f"updating: {change.cause}"
         elif serving:
@@ -519,9 +530,7 @@ class Applier:
     def _failed(self, change: Change, failed: _Failed) -> Record:
         assert change.desired is not None
         d = change.desired
-        still_serving = not change.stop_first and any(
-            c.state in ("running", "restarting") for c in change.retire
-        )
+        still_serving = not change.stop_first and any(c.state in _ALIVE for c in change.retire)
         record = self.recorder.get(d.id)
         if still_serving and record is not None and record.latest_running_configuration_id:
             message = (

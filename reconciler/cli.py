@@ -347,6 +347,27 @@ def logs_command(
         click.echo(line)
 
 
+@cli.command("serve")
+@_root_option
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0.1),
+    default=300.0,
+    show_default=True,
+    help="Seconds a model server may take to answer one request.",
+)
+@click.pass_context
+def serve_command(
+    ctx: click.Context, root: Path | None, host: str, port: int, timeout: float
+) -> None:
+    """Deployment URLs (the inference gateway) and the AI API."""
+    from .server import ServeOptions, serve
+
+    serve(ServeOptions(_root(ctx, root), host=host, port=port, timeout=timeout))
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         result = cli.main(args=argv, prog_name="reconciler", standalone_mode=False)

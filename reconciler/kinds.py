@@ -125,6 +125,7 @@ class ResourcePlan:
 class Settings:
     instance: str | None = None
     publish_address: str = "127.0.0.1"
+    api_url: str | None = None  # public base URL of `reconciler serve`, without trailing /
     gpus: tuple[str, ...] = ()
     doc: Document | None = field(default=None, compare=False, repr=False)
 

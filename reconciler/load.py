@@ -248,6 +248,7 @@ def _settings(doc: Document, spec: dict[str, Any]) -> Settings:
     return Settings(
         instance=spec.get("instance"),
         publish_address=spec.get("publishAddress", "127.0.0.1"),
+        api_url=spec["apiUrl"].rstrip("/") if spec.get("apiUrl") else None,
         gpus=tuple(spec.get("gpus", ())),
         doc=doc,
     )

@@ -42,15 +42,33 @@ FIELDS = (
 )
 
 
-def direct_url(containers: Iterable[ObservedContainer], publish_address: str) -> str | None:
-    """The first serving replica's published address (changes when the container is
-    replaced; the gateway's URL does not)."""
+def gateway_url(api_url: str, deployment_id: str) -> str:
+    """AI Core's deployment URL: stable across updates, served by `reconciler serve`."""
+    return f"{api_url}/v2/inference/deployments/{deployment_id}"
+
+
+def addresses(containers: Iterable[ObservedContainer], publish_address: str) -> list[str]:
+    """`host:port` of every running replica, in replica order."""
+    out = []
     for c in sorted(containers, key=lambda c: c.replica):
         if c.running and c.host_port:
             host = c.host_ip or publish_address
             host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
-            return f"http://{host}:{c.host_port}"
-    return None
+            out.append(f"{host}:{c.host_port}")
+    return out
+
+
+def serving(rec: Record | None, containers: list[ObservedContainer]) -> list[ObservedContainer]:
+    """The containers that serve a deployment: those of the configuration last seen ready
+    (during an update the old ones serve until the new ones are ready)."""
+    return [c for c in containers if not rec or c.config_hash == rec.config_hash]
+
+
+def direct_url(containers: Iterable[ObservedContainer], publish_address: str) -> str | None:
+    """The first serving replica's published address (changes when the container is
+    replaced; the gateway's URL does not)."""
+    found = addresses(containers, publish_address)
+    return f"http://{found[0]}" if found else None
 
 
 def deployment_statuses(
@@ -62,10 +80,16 @@ def deployment_statuses(
     by_dep = observed.by_deployment() if observed else {}
     declared = {d.id: d for d in desired.deployments} if desired else {}
     publish = desired.repo.settings.publish_address if desired else "127.0.0.1"
+    api_url = desired.repo.settings.api_url if desired else None
     ids = sorted(set(declared) | set(snapshot.records) | set(by_dep))
     items = [
         _status(
-            snapshot.records.get(i), declared.get(i), by_dep.get(i, []), engine_problem, publish
+            snapshot.records.get(i),
+            declared.get(i),
+            by_dep.get(i, []),
+            engine_problem,
+            publish,
+            api_url,
         )
         for i in ids
     ]
@@ -78,6 +102,7 @@ def _status(
     containers: list[ObservedContainer],
     engine_problem: str | None,
     publish: str,
+    api_url: str | None,
 ) -> dict[str, Any]:
     if rec:
         ident = (rec.id, rec.name, rec.resource_group)
@@ -141,17 +166,19 @@ def _status(
         out["statusMessage"] = _join(
             out["statusMessage"], "removed from the manifests: the next reconcile deletes it"
         )
+    if api_url:
+        out["deploymentUrl"] = gateway_url(api_url, out["id"])
     if engine_problem:
         out.update(status="UNKNOWN", statusMessage=engine_problem)
         return out
-    serving = [c for c in containers if not rec or c.config_hash == rec.config_hash]
+    current = serving(rec, containers)
     if rec and rec.status == "RUNNING":
-        alive = [c for c in serving if c.running]
+        alive = [c for c in current if c.running]
         if not alive:
             out["status"] = "PENDING"
-            out["statusMessage"] = _drift(serving)
-    if out["status"] == "RUNNING":
-        out["deploymentUrl"] = direct_url(serving, publish)
+            out["statusMessage"] = _drift(current)
+    if out["status"] == "RUNNING" and not api_url:
+        out["deploymentUrl"] = direct_url(current, publish)
     return out
 
 

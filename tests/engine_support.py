@@ -7,12 +7,15 @@ that instance is removed afterwards, so tests cannot see each other's containers
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable
+from email.message import Message
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +23,7 @@ import docker
 
 from tests.conftest import PROJECT, cli, write_tree
 
-TEST_IMAGE = "reconciler-test/busybox:1"
+TEST_IMAGE = "reconciler-test/busybox:2"
 
 TINY_TEMPLATE = """
 apiVersion: reconciler/v1
@@ -35,7 +38,7 @@ spec:
       - {name: readyDelay, default: "0"}
       - {name: plan, default: starter}
       - {name: replicas, default: "1"}
-      - {name: image, default: "reconciler-test/busybox:1"}
+      - {name: image, default: "reconciler-test/busybox:2"}
       - {name: crash, default: ""}
   container:
     image: "{{ inputs.parameters.image }}"
@@ -196,3 +199,68 @@ def ensure_engine_and_image() -> docker.APIClient:
     subprocess.run([PROJECT / "scripts/ensure-docker"], check=True, capture_output=True)
     subprocess.run([PROJECT / "scripts/build-test-image", TEST_IMAGE], check=True)
     return docker.APIClient(version="auto")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """`reconciler serve` for a GitOps root, as a real child process on a free port."""
+
+    def __init__(self, root: Path, *extra: str, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.root = root
+        self.log = root / "serve.log"
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen(
+                [
+                    *(sys.executable, "-m", "reconciler", "serve", "--root", str(root)),
+                    *extra,
+                    "--port",
+                    str(self.port),
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            wait_for(self._up, timeout=30, what="reconciler serve to answer")
+        except AssertionError:
+            self.stop()
+            raise AssertionError(f"serve did not start:\n{self.log.read_text()}") from None
+
+    def _up(self) -> bool:
+        if self.proc.poll() is not None:
+            raise AssertionError(f"serve exited {self.proc.returncode}:\n{self.log.read_text()}")
+        try:
+            return http_get(self.base + "/healthz", timeout=0.5)[0] == 200
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def request(
+    url: str,
+    data: bytes | None = None,
+    headers: dict[str, str] | None = None,
+    method: str | None = None,
+    timeout: float = 10.0,
+) -> tuple[int, Message, bytes]:
+    """One HTTP request; the headers look up names case-insensitively."""
+    req = urllib.request.Request(url, data=data, headers=headers or {}, method=method)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as response:
+            return response.status, response.headers, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.headers, exc.read()

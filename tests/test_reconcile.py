@@ -492,7 +492,7 @@ metadata:
 spec:
   scenarioId: other
   container:
-    image: reconciler-test/busybox:1
+    image: reconciler-test/busybox:2
 """
     (host.root / "templates/other.yaml").write_text(other)
     switch = """
