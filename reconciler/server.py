@@ -10,12 +10,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .desired import desired_state
 from .engine import Engine
+from .errors import UserError
 from .gateway import PREFIX, Gateway, Receive, Scope, Send
 from .routes import RouteTable
 
@@ -98,10 +101,17 @@ def serve(options: ServeOptions) -> None:
     import uvicorn
 
     app = App(options)
-    uvicorn.run(
+    # Bound here, not by uvicorn, so that a taken port is one clear line, not a log record.
+    try:
+        sock = socket.create_server((options.host, options.port), reuse_port=False)
+    except OSError as exc:
+        raise UserError(
+            f"cannot listen on {options.host}:{options.port} "
+            f"({os.strerror(exc.errno) if exc.errno else exc}): "
+            "pass another --port, or stop the program that uses it"
+        ) from None
+    config = uvicorn.Config(
         app,
-        host=options.host,
-        port=options.port,
         log_level="warning",
         access_log=False,
         loop="auto",  # uvloop when installed
@@ -110,3 +120,4 @@ def serve(options: ServeOptions) -> None:
         server_header=False,  # the model server's own Date and Server headers pass through
         date_header=False,
     )
+    uvicorn.Server(config).run(sockets=[sock])
