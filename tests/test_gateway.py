@@ -90,7 +90,9 @@ def test_unknown_and_not_running_deployments_get_ai_api_errors(served):
 
 def test_requests_are_balanced_across_replicas(served):
     host, _ = served
-    host.write(docs(configuration("two-replicas", replicas="2"), deployment("tiny", "two-replicas")))
+    host.write(
+        docs(configuration("two-replicas", replicas="2"), deployment("tiny", "two-replicas"))
+    )
     host.reconcile()
     url = url_of(host, "tiny")
     seen = {request(url + "/host")[2] for _ in range(6)}
