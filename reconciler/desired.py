@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 
+from .catalog import ResolvedModel
+from .catalog import resolve as resolve_model
 from .errors import ManifestError, UserError
 from .kinds import Configuration, Deployment, Repository, RGKey, ServingTemplate
 from .load import load
@@ -26,6 +28,7 @@ class DesiredDeployment:
     configuration: Configuration
     template: ServingTemplate
     spec: ContainerSpec
+    model: ResolvedModel | None = None  # the catalog version it serves (generative models)
 
     @property
     def id(self) -> str:
@@ -41,6 +44,9 @@ class DesiredState:
     repo: Repository
     deployments: tuple[DesiredDeployment, ...]
     specs: MappingProxyType[RGKey, ContainerSpec]  # every configuration's rendering
+
+    def find_declared(self, deployment_id: str) -> DesiredDeployment | None:
+        return next((d for d in self.deployments if d.id == deployment_id), None)
 
     def find(self, name_or_id: str, resource_group: str | None = None) -> DesiredDeployment:
         """The deployment with this id, or this name (in `resource_group` if given)."""
@@ -71,15 +77,17 @@ def desired_state(root: Path, files: Iterable[SourceFile] | None = None) -> Desi
     problems += render_problems
     if problems:
         raise ManifestError(problems)
-    deployments = tuple(
-        DesiredDeployment(
-            deployment=d,
-            configuration=repo.configurations[(d.resource_group, d.configuration_id)],
-            template=repo.templates[
-                repo.configurations[(d.resource_group, d.configuration_id)].executable_id
-            ],
-            spec=specs[(d.resource_group, d.configuration_id)],
+    deployments = []
+    for d in repo.deployments:
+        configuration = repo.configurations[(d.resource_group, d.configuration_id)]
+        template = repo.templates[configuration.executable_id]
+        deployments.append(
+            DesiredDeployment(
+                deployment=d,
+                configuration=configuration,
+                template=template,
+                spec=specs[(d.resource_group, d.configuration_id)],
+                model=resolve_model(repo, template, configuration),
+            )
         )
-        for d in repo.deployments
-    )
-    return DesiredState(repo, deployments, MappingProxyType(specs))
+    return DesiredState(repo, tuple(deployments), MappingProxyType(specs))

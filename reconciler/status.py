@@ -12,12 +12,13 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from .catalog import retirement_notice
 from .desired import DesiredDeployment, DesiredState, desired_state
 from .engine import Engine, EngineUnreachable
 from .errors import ManifestError
 from .load import load
 from .observe import Observed, ObservedContainer, observe
-from .record import Record, Snapshot, read_snapshot
+from .record import Record, Snapshot, now, read_snapshot
 
 FIELDS = (
     "id",
@@ -76,11 +77,15 @@ def deployment_statuses(
     desired: DesiredState | None,
     observed: Observed | None,
     engine_problem: str | None = None,
+    api_url: str | None = None,
 ) -> list[dict[str, Any]]:
+    """Every deployment's status; `api_url` (default: the Settings') makes deploymentUrls the
+    gateway's."""
     by_dep = observed.by_deployment() if observed else {}
     declared = {d.id: d for d in desired.deployments} if desired else {}
     publish = desired.repo.settings.publish_address if desired else "127.0.0.1"
-    api_url = desired.repo.settings.api_url if desired else None
+    if api_url is None and desired:
+        api_url = desired.repo.settings.api_url
     ids = sorted(set(declared) | set(snapshot.records) | set(by_dep))
     items = [
         _status(
@@ -163,6 +168,7 @@ def _status(
         if not rec and d.deployment.target_status == "STOPPED":
             out.update(status="STOPPED", statusMessage="declared STOPPED; never started")
     elif rec:
+        out["targetStatus"] = "DELETED"
         out["statusMessage"] = _join(
             out["statusMessage"], "removed from the manifests: the next reconcile deletes it"
         )
@@ -208,6 +214,9 @@ def status_view(root: Path) -> tuple[list[dict[str, Any]], list[str]]:
         notes.append(
             f"{exc.summary()}: showing the last reconciled state (run reconciler validate)"
         )
+    if desired is not None:
+        days = desired.repo.settings.retirement_warning_days
+        notes += [n for d in desired.deployments if (n := retirement_notice(d, now(), days))]
     snapshot = read_snapshot(root, instance)
     observed, problem = None, None
     try:

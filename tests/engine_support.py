@@ -214,7 +214,7 @@ class Server:
         self.port = port or free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.root = root
-        self.log = root / "serve.log"
+        self.log = root.parent / f"serve-{self.port}.log"
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(
                 [
@@ -264,3 +264,20 @@ def request(
             return response.status, response.headers, response.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.headers, exc.read()
+
+
+def served_host(
+    tmp_path: Path, client: docker.APIClient, populate: Callable[[Path], None]
+) -> tuple[Host, Server]:
+    """A GitOps root of its own instance (filled by `populate`) whose deployment URLs are the
+    gateway's, with `reconciler serve --no-auth` running for it."""
+    root = tmp_path / "repo"
+    (root / "manifests").mkdir(parents=True)
+    (root / "templates").mkdir(exist_ok=True)
+    populate(root)
+    instance = f"t{uuid.uuid4().hex[:10]}"
+    port = free_port()
+    (root / "manifests/settings.yaml").write_text(
+        settings(instance, f"  apiUrl: http://127.0.0.1:{port}\n")
+    )
+    return Host(root, instance, client), Server(root, "--no-auth", port=port)

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import PROJECT
-from tests.engine_support import Host, Server, free_port, request, settings, wait_for
+from tests.engine_support import request, served_host, wait_for
 
 pytestmark = pytest.mark.engine
 
@@ -41,20 +41,13 @@ def runtime_image() -> None:
 @pytest.fixture
 def churn(tmp_path: Path, docker_client, runtime_image) -> Any:
     """A copy of this repository's churn example as its own instance, served by the gateway."""
-    import uuid
 
-    root = tmp_path / "repo"
-    (root / "manifests").mkdir(parents=True)
-    shutil.copytree(PROJECT / "templates", root / "templates")
-    shutil.copy(PROJECT / "manifests/churn.yaml", root / "manifests/churn.yaml")
-    (root / "models").symlink_to(PROJECT / "models")
-    instance = f"t{uuid.uuid4().hex[:10]}"
-    port = free_port()
-    (root / "manifests/settings.yaml").write_text(
-        settings(instance, f"  apiUrl: http://127.0.0.1:{port}\n")
-    )
-    host = Host(root, instance, docker_client)
-    server = Server(root, port=port)
+    def populate(root: Path) -> None:
+        shutil.copytree(PROJECT / "templates", root / "templates", dirs_exist_ok=True)
+        shutil.copy(PROJECT / "manifests/churn.yaml", root / "manifests/churn.yaml")
+        (root / "models").symlink_to(PROJECT / "models")
+
+    host, server = served_host(tmp_path, docker_client, populate)
     yield host
     server.stop()
     host.cleanup()

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import http.client
 import json
+import socket
 import threading
 import urllib.parse
+from collections.abc import Awaitable, Callable
 
+import httptools
 import pytest
+import uvloop
 
+from reconciler.gateway import Gateway
+from reconciler.relay import BUFFER_LIMIT, MAX_HEAD_BYTES, HttpFront
+from reconciler.routes import Route
 from tests.engine_support import (
     Server,
     configuration,
@@ -30,7 +39,7 @@ def served(host):
     host.write(
         settings(host.instance, f"  apiUrl: http://127.0.0.1:{port}/\n"), "manifests/settings.yaml"
     )
-    server = Server(host.root, port=port)
+    server = Server(host.root, "--no-auth", port=port)
     yield host, server
     server.stop()
 
@@ -158,3 +167,504 @@ def test_an_update_through_the_gateway_fails_no_request(served):
     versions = [body for _, body in answers]
     switch = versions.index(b"2\n")
     assert set(versions[:switch]) == {b"1\n"} and set(versions[switch:]) == {b"2\n"}
+
+
+# --- the relay in-process: a stub routing table and a fake model server on this loop ---------
+#
+# These need no engine: they drive the gateway's own HTTP/1.1 front (reconciler.relay) with raw
+# sockets, against a model server whose behaviour each path chooses, to check what the
+# container tests cannot time: keep-alive reuse, pipelining, 100-continue, disconnects, pooled
+# connections closed by the server, timeouts, retries after a refused connection.
+
+DEP = "d0123456789abcde"
+
+
+class FakeModel:
+    """A model server: /echo answers with the request; /sse streams two events (the second
+    once `go` is set); /close answers close-delimited; /slow never answers; /endless streams
+    until the connection breaks; /drop-next answers, then closes the connection as the next
+    request arrives (as a server closing an idle keep-alive connection at that moment);
+    /garbage answers with something that is not HTTP."""
+
+    def __init__(self) -> None:
+        self.connections = 0
+        self.open = 0
+        self.requests: list[tuple[int, bytes, dict[bytes, bytes], bytes]] = []
+        self.go = asyncio.Event()
+        self.server: asyncio.Server | None = None
+        self.address = ""
+
+    async def start(self) -> None:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.address = f"127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        self.open += 1
+        cid = self.connections
+        drop_next = False
+        try:
+            while True:
+                try:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    return
+                if drop_next:
+                    return
+                line, *lines = head.decode("latin-1").split("\r\n")
+                method, target, _ = line.split(" ")
+                headers = {
+                    k.strip().lower().encode(): v.strip().encode()
+                    for k, _, v in (h.partition(":") for h in lines if h)
+                }
+                body = b""
+                if b"content-length" in headers:
+                    body = await reader.readexactly(int(headers[b"content-length"]))
+                elif headers.get(b"transfer-encoding") == b"chunked":
+                    while size := int((await reader.readuntil(b"\r\n")).strip(), 16):
+                        body += await reader.readexactly(size)
+                        await reader.readexactly(2)
+                    await reader.readuntil(b"\r\n")
+                self.requests.append((cid, target.encode(), headers, body))
+                path = target.split("?")[0]
+                if path == "/echo" or path == "/drop-next":
+                    text = f"conn={cid} {method} {target}\n".encode() + body
+                    writer.write(
+                        b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nX-Echo: yes\r\n"
+                        b"Content-Length: %d\r\n\r\n" % len(text)
+                    )
+                    if method != "HEAD":
+                        writer.write(text)
+                    drop_next = path == "/drop-next"
+                elif path == "/sse":
+                    writer.write(
+                        b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                        b"Transfer-Encoding: chunked\r\n\r\n"
+                        b"d\r\ndata: first\n\n\r\n"
+                    )
+                    await writer.drain()
+                    await self.go.wait()
+                    writer.write(b"e\r\ndata: second\n\n\r\n0\r\n\r\n")
+                elif path == "/close":
+                    writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nall of it")
+                    await writer.drain()
+                    return
+                elif path == "/slow":
+                    await asyncio.sleep(3600)
+                elif path == "/garbage":
+                    writer.write(b"this is not HTTP\r\n\r\n")
+                    await writer.drain()
+                    return
+                elif path == "/endless":
+                    writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+                    while True:
+                        writer.write(b"10000\r\n" + b"x" * 0x10000 + b"\r\n")
+                        await writer.drain()
+                await writer.drain()
+        finally:
+            self.open -= 1
+            writer.close()
+
+    async def stop(self) -> None:
+        assert self.server is not None
+        self.server.close()
+
+
+class StubTable:
+    """The routing table's interface, with routes set by the test."""
+
+    def __init__(self, routes: dict[str, Route]) -> None:
+        self.routes = routes
+        self.refreshes = 0
+        self.on_refresh: Callable[[], None] = lambda: None
+
+    def get(self, deployment_id: str) -> Route | None:
+        return self.routes.get(deployment_id)
+
+    def refresh(self) -> None:
+        self.refreshes += 1
+        self.on_refresh()
+
+    def refresh_if_stale(self, seconds: float) -> None:
+        self.refresh()
+
+
+def route(*targets: str, status: str = "RUNNING") -> Route:
+    return Route(DEP, "tiny", "default", status, tuple(targets))
+
+
+async def read_response(reader: asyncio.StreamReader, head: bool = False) -> tuple:
+    """(status, headers with lower-case names, body, raw bytes) of one answer; reads no byte of
+    the next one. httptools checks the framing: a body must end where the parser says."""
+
+    class Collect:
+        def __init__(self) -> None:
+            self.headers: dict[bytes, bytes] = {}
+            self.body = b""
+            self.done = False
+
+        def on_header(self, name: bytes, value: bytes) -> None:
+            self.headers[name.lower()] = value
+
+        def on_body(self, body: bytes) -> None:
+            self.body += body
+
+        def on_message_complete(self) -> None:
+            self.done = True
+
+    c = Collect()
+    parser = httptools.HttpResponseParser(c)
+    raw = await reader.readuntil(b"\r\n\r\n")
+    with contextlib.suppress(httptools.HttpParserError):  # a HEAD answer "lacks" its body
+        parser.feed_data(raw)
+    if head:
+        return parser.get_status_code(), c.headers, b"", raw
+    if b"content-length" in c.headers:
+        more = await reader.readexactly(int(c.headers[b"content-length"]))
+    elif c.headers.get(b"transfer-encoding") == b"chunked":
+        more = b""
+        while True:
+            line = await reader.readuntil(b"\r\n")
+            more += line + await reader.readexactly(int(line.strip(), 16) + 2)
+            if line.strip() == b"0":
+                break
+    else:
+        more = await reader.read()  # close-delimited
+    if more:
+        parser.feed_data(more)
+    framed = b"content-length" in c.headers or b"transfer-encoding" in c.headers
+    assert c.done or not framed  # (a close-delimited body ends with the connection)
+    return parser.get_status_code(), c.headers, c.body, raw + more
+
+
+Scenario = Callable[[FakeModel, StubTable, HttpFront, int], Awaitable[None]]
+
+
+def relay_test(
+    scenario: Scenario, timeout: float = 5.0, routes: int = 1, max_connections: int = 100
+) -> tuple:
+    """Run `scenario` against a gateway front (on uvloop, as `serve` runs) whose one deployment
+    DEP is served by a FakeModel; returns the model, the table and the observed metrics."""
+    observed: list[tuple[str, int, bool]] = []
+
+    async def main() -> tuple:
+        model = FakeModel()
+        await model.start()
+        table = StubTable({DEP: route(*[model.address] * routes)})
+        gateway = Gateway(
+            table,  # type: ignore[arg-type]
+            timeout=timeout,
+            observe=lambda dep, _s, code, ok: observed.append((dep, code, ok)),
+        )
+        front = HttpFront(
+            gateway.handle,
+            min_timeout=timeout,
+            tick=gateway.flush_metrics,
+            max_connections=max_connections,
+        )
+        sock = socket.create_server(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        await front.start(sock)
+        try:
+            await asyncio.wait_for(scenario(model, table, front, port), 20)
+        finally:
+            await front.shutdown(1.0)
+            await model.stop()
+        return model, table
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        model, table = runner.run(main())
+    return model, table, observed
+
+
+async def connect(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    return await asyncio.open_connection("127.0.0.1", port)
+
+
+def get(path: str, extra: str = "") -> bytes:
+    return f"GET /v2/inference/deployments/{DEP}{path} HTTP/1.1\r\nHost: gw\r\n{extra}\r\n".encode()
+
+
+def test_keep_alive_connections_are_reused_on_both_sides():
+    async def scenario(model, table, front, port):
+        r, w = await connect(port)
+        for _ in range(3):
+            w.write(get("/echo"))
+            status, headers, body, _ = await read_response(r)
+            assert status == 200 and body.startswith(b"conn=1 GET /echo")
+            assert b"connection" not in headers  # keep-alive is HTTP/1.1's default
+        w.close()
+        r2, w2 = await connect(port)  # another client gets the pooled connection
+        w2.write(get("/echo"))
+        assert (await read_response(r2))[2].startswith(b"conn=1 ")
+        w2.close()
+
+    model, _, observed = relay_test(scenario)
+    assert model.connections == 1
+    assert observed == [(DEP, 200, True)] * 4
+
+
+def test_pipelined_requests_are_answered_in_order():
+    async def scenario(model, table, front, port):
+        r, w = await connect(port)
+        w.write(b"".join(get(f"/echo?n={n}") for n in range(5)))
+        for n in range(5):
+            status, _, body, _ = await read_response(r)
+            assert status == 200 and body == f"conn=1 GET /echo?n={n}\n".encode()
+        w.close()
+
+    relay_test(scenario)
+
+
+def test_the_callers_token_resource_group_and_hop_by_hop_headers_stay_here():
+    async def scenario(model, table, front, port):
+        r, w = await connect(port)
+        w.write(
+            get(
+                "/echo?a=1&b=%20two",
+                "Authorization: Bearer secret\r\nAI-Resource-Group: default\r\n"
+                "Connection: keep-alive, X-Hop\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\n"
+                "TE: trailers\r\nX-Custom: kept\r\n",
+            )
+        )
+        status, _, body, _ = await read_response(r)
+        assert status == 200 and body.startswith(b"conn=1 GET /echo?a=1&b=%20two\n")
+        w.close()
+
+    model, _, _ = relay_test(scenario)
+    ((_, _, headers, _),) = model.requests
+    assert headers[b"x-custom"] == b"kept" and headers[b"host"] == model.address.encode()
+    for gone in (b"authorization", b"ai-resource-group", b"x-hop", b"keep-alive", b"te"):
+        assert gone not in headers
+    assert headers.get(b"connection") is None
+
+
+def test_expect_100_continue_gets_continue_before_the_body_is_sent():
+    async def scenario(model, table, front, port):
+        r, w = await connect(port)
+        w.write(
+            f"POST /v2/inference/deployments/{DEP}/echo HTTP/1.1\r\nHost: gw\r\n"
+            "Content-Length: 5\r\nExpect: 100-continue\r\n\r\n".encode()
+        )
+        assert await asyncio.wait_for(r.readuntil(b"\r\n\r\n"), 2) == (
+            b"HTTP/1.1 100 Continue\r\n\r\n"
+        )
+        w.write(b"hello")
+        status, _, body, _ = await read_response(r)
+        assert status == 200 and body == b"conn=1 POST /echo\nhello"
+        # refused before the body: no 100, and the connection ends with the answer
+        w.write(
+            b"POST /v2/inference/deployments/d00000000000dead/echo HTTP/1.1\r\nHost: gw\r\n"
+            b"Content-Length: 5\r\nExpect: 100-continue\r\n\r\n"
+        )
+        status, headers, _, _ = await read_response(r)
+        assert status == 404 and headers[b"connection"] == b"close"
+        assert await r.read() == b""
+        w.close()
+
+    model, _, _ = relay_test(scenario)
+    assert b"expect" not in model.requests[0][2]
+
+
+def test_bodies_stream_both_ways_and_chunked_answers_stay_chunked():
+    async def scenario(model, table, front, port):
+        r, w = await connect(port)
+        big = bytes(range(256)) * (BUFFER_LIMIT // 256 + 1000)  # above the buffered size
+        w.write(
+            f"PUT /v2/inference/deployments/{DEP}/echo HTTP/1.1\r\nHost: gw\r\n"
+            f"Content-Length: {len(big)}\r\n\r\n".encode()
+        )
+        w.write(big)
+        status, _, body, _ = await read_response(r)
+        assert status == 200 and body == b"conn=1 PUT /echo\n" + big
+        w.write(
+            f"POST /v2/inference/deployments/{DEP}/echo HTTP/1.1\r\nHost: gw\r\n"
+            "Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n".encode()
+        )
+        status, _, body, _ = await read_response(r)
+        assert status == 200 and body == b"conn=1 POST /echo\nhello world"
+        w.write(get("/sse"))
+        head = await r.readuntil(b"\r\n\r\n")
+        assert b"Transfer-Encoding: chunked" in head
+        assert await r.readuntil(b"\n\n\r\n") == b"d\r\ndata: first\n\n\r\n"  # before `go`
+        model.go.set()
+        assert await r.readuntil(b"0\r\n\r\n") == b"e\r\ndata: second\n\n\r\n0\r\n\r\n"
+        w.write(get("/echo"))  # the connection is still in step
+        assert (await read_response(r))[0] == 200
+        w.close()
+
+    relay_test(scenario)
+
+
+def test_a_close_delimited_answer_ends_the_clients_connection():
+    async def scenario(model, table, front, port):
+        r, w = await connect(port)
+        w.write(get("/close"))
+        status, headers, body, _ = await read_response(r)
+        assert status == 200 and body == b"all of it" and headers[b"connection"] == b"close"
+        assert await r.read() == b""
+        w.close()
+
+    _, _, observed = relay_test(scenario)
+    assert observed == [(DEP, 200, True)]
+
+
+def test_head_answers_end_with_their_head():
+    async def scenario(model, table, front, port):
+        r, w = await connect(port)
+        w.write(get("/echo").replace(b"GET", b"HEAD", 1))
+        status, headers, _, _ = await read_response(r, head=True)
+        assert status == 200 and int(headers[b"content-length"]) > 0
+        w.write(get("/echo"))  # neither connection waits for a body that never comes
+        status, _, body, _ = await read_response(r)
+        assert status == 200 and body.startswith(b"conn=1 GET")
+        w.close()
+
+    relay_test(scenario)
+
+
+def test_a_client_that_leaves_mid_answer_closes_the_upstream_connection():
+    async def scenario(model, table, front, port):
+        r, w = await connect(port)
+        w.write(get("/endless"))
+        await r.readexactly(100_000)
+        w.close()
+        for _ in range(100):
+            if model.open == 0:
+                break
+            await asyncio.sleep(0.02)
+        assert model.open == 0  # closed, not pooled
+        assert not any(front.pool.idle.values())
+        r, w = await connect(port)  # and the gateway still serves
+        w.write(get("/echo"))
+        assert (await read_response(r))[2].startswith(b"conn=2 ")
+        w.close()
+
+    _, _, observed = relay_test(scenario)
+    assert observed[0] == (DEP, 200, True)
+
+
+def test_a_pooled_connection_the_server_closed_is_replaced_without_an_error():
+    async def scenario(model, table, front, port):
+        r, w = await connect(port)
+        w.write(get("/drop-next"))
+        assert (await read_response(r))[0] == 200
+        w.write(get("/echo"))  # written to the pooled connection, which the server then drops
+        status, _, body, _ = await read_response(r)
+        assert status == 200 and body.startswith(b"conn=2 GET /echo")
+        w.close()
+
+    model, _, _ = relay_test(scenario)
+    assert model.connections == 2
+
+
+def test_a_refused_connection_is_retried_on_a_refreshed_table():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        stopped = f"127.0.0.1:{s.getsockname()[1]}"  # nothing listens there
+
+    async def scenario(model, table, front, port):
+        table.routes[DEP] = route(stopped)
+        table.on_refresh = lambda: table.routes.update({DEP: route(model.address)})
+        r, w = await connect(port)
+        w.write(
+            f"POST /v2/inference/deployments/{DEP}/echo HTTP/1.1\r\nHost: gw\r\n"
+            "Content-Length: 2\r\n\r\nhi".encode()
+        )
+        status, _, body, _ = await read_response(r)
+        assert status == 200 and body == b"conn=1 POST /echo\nhi"
+        w.close()
+
+    _, table, _ = relay_test(scenario)
+    assert table.refreshes == 1
+
+
+def test_errors_are_ai_api_errors():
+    async def scenario(model, table, front, port):
+        r, w = await connect(port)
+        w.write(get("/slow"))
+        status, _, body, _ = await read_response(r)
+        error = json.loads(body)["error"]
+        assert status == 504 and "did not answer within 0.3s" in error["message"]
+        table.routes[DEP] = route(status="STOPPED")
+        w.write(get("/echo"))
+        status, _, body, _ = await read_response(r)
+        assert status == 503 and "is STOPPED" in json.loads(body)["error"]["message"]
+        w.write(b"GET /v2/inference/deployments/dffffffffffffff0/x%20y HTTP/1.1\r\nHost: g\r\n\r\n")
+        status, _, body, _ = await read_response(r)
+        error = json.loads(body)["error"]
+        assert status == 404 and error["target"] == "/v2/inference/deployments/dffffffffffffff0/x y"
+        assert set(error) == {"code", "message", "requestId", "target", "details"}
+        w.close()
+
+    _, table, observed = relay_test(scenario, timeout=0.3)
+    assert observed == [(DEP, 504, False)]
+    assert table.refreshes == 2  # a deployment that does not serve gets a fresher look
+
+
+def test_http_1_0_clients_and_connection_close_are_honoured():
+    async def scenario(model, table, front, port):
+        r, w = await connect(port)
+        w.write(get("/echo").replace(b"HTTP/1.1", b"HTTP/1.0", 1))
+        status, headers, body, _ = await read_response(r)
+        assert status == 200 and body.startswith(b"conn=1 GET /echo")
+        assert headers[b"connection"] == b"close" and await r.read() == b""
+        r, w = await connect(port)
+        w.write(get("/echo", "Connection: keep-alive\r\n").replace(b"HTTP/1.1", b"HTTP/1.0", 1))
+        status, headers, _, _ = await read_response(r)
+        assert status == 200 and headers[b"connection"] == b"keep-alive"
+        w.write(get("/echo", "Connection: close\r\n"))
+        status, headers, _, _ = await read_response(r)
+        assert status == 200 and headers[b"connection"] == b"close" and await r.read() == b""
+
+    relay_test(scenario)
+
+
+def test_broken_answers_and_requests():
+    async def scenario(model, table, front, port):
+        r, w = await connect(port)
+        w.write(get("/garbage"))
+        status, _, body, _ = await read_response(r)
+        assert status == 502 and "invalid answer" in json.loads(body)["error"]["message"]
+        w.write(b"NOT AN HTTP REQUEST\r\n\r\n")
+        status, headers, _, _ = await read_response(r)
+        assert status == 400 and headers[b"connection"] == b"close"
+        r, w = await connect(port)
+        w.write(get("/echo", f"X-Big: {'x' * MAX_HEAD_BYTES}\r\n"))
+        status, _, _, _ = await read_response(r)
+        assert status == 431
+
+    relay_test(scenario)
+
+
+def test_connections_beyond_the_limit_are_answered_503():
+    async def scenario(model, table, front, port):
+        r1, w1 = await connect(port)
+        w1.write(get("/echo"))
+        assert (await read_response(r1))[0] == 200
+        r2, w2 = await connect(port)
+        w2.write(get("/echo"))
+        status, headers, _, _ = await read_response(r2)
+        assert status == 503 and headers[b"connection"] == b"close"
+        w1.close()
+
+    relay_test(scenario, max_connections=1)
+
+
+def test_shutdown_lets_answers_in_flight_finish():
+    async def scenario(model, table, front, port):
+        r, w = await connect(port)
+        w.write(get("/sse"))
+        await r.readuntil(b"data: first\n\n\r\n")
+        idle_r, _ = await connect(port)
+        await asyncio.sleep(0.05)
+        stopping = asyncio.create_task(front.shutdown(5.0))
+        assert await asyncio.wait_for(idle_r.read(), 2) == b""  # idle: closed at once
+        with pytest.raises(OSError):
+            await connect(port)  # no longer accepting
+        model.go.set()
+        assert await r.readuntil(b"0\r\n\r\n") == b"e\r\ndata: second\n\n\r\n0\r\n\r\n"
+        assert await r.read() == b""  # and then the connection ends
+        await asyncio.wait_for(stopping, 2)
+
+    relay_test(scenario)

@@ -1,0 +1,65 @@
+"""Prometheus metrics of `reconciler serve`: inference requests per deployment, upstream errors,
+and the reconcile passes the server ran. A registry of its own, so that tests and several
+servers in one process never share counters."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
+from prometheus_client import generate_latest as _render
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+# Model servers answer in milliseconds to seconds; generative ones stream for minutes.
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "reconciler_inference_requests",
+            "Requests relayed to deployments, by answer code",
+            ["deployment", "code"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "reconciler_inference_request_seconds",
+            "Time to relay a request to a deployment and its whole answer back",
+            ["deployment"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.upstream_errors = Counter(
+            "reconciler_inference_upstream_errors",
+            "Requests the model server failed (unreachable, cut off, timed out)",
+            ["deployment"],
+            registry=self.registry,
+        )
+        self.passes = Counter(
+            "reconciler_reconcile_passes",
+            "Reconcile passes run by the server, by result",
+            ["result"],
+            registry=self.registry,
+        )
+        self._children: dict[tuple[str, int], tuple[Any, Any]] = {}
+        self.pass_seconds = Histogram(
+            "reconciler_reconcile_pass_seconds",
+            "Duration of reconcile passes run by the server",
+            registry=self.registry,
+        )
+
+    def observe_request(
+        self, deployment: str, seconds: float, code: int, upstream_ok: bool
+    ) -> None:
+        self.requests.labels(deployment, str(code)).inc()
+        self.latency.labels(deployment).observe(seconds)
+        if not upstream_ok:
+            self.upstream_errors.labels(deployment).inc()
+
+    def observe_pass(self, result: str, seconds: float) -> None:
+        self.passes.labels(result).inc()
+        self.pass_seconds.observe(seconds)
+
+    def render(self) -> bytes:
+        return _render(self.registry)
