@@ -55,6 +55,14 @@ class Outcome:
         return f"{self.symbol} {self.name}: {what} in {self.seconds:.1f}s{detail}"
 
 
+INTERRUPTED = "interrupted: the pass was stopped; the next pass finishes it"
+
+
+class _Interrupted(Exception):
+    """The pass was told to stop (watch's SIGTERM). Not a failure of the deployment: what was
+    started is left as it is (PENDING, containers running), and the next pass settles it."""
+
+
 class _Failed(Exception):
     """A deployment could not be brought up; `logs` are the model server's last lines."""
 
@@ -136,8 +144,16 @@ class Applier:
                 self.report(outcome.name, outcome.describe())
         return sorted(outcomes, key=lambda o: o.name)
 
+    def _interrupted(self, deployment_id: str, name: str, symbol: str, started: float) -> Outcome:
+        record = self.recorder.get(deployment_id)
+        status = record.status if record else None
+        seconds = time.monotonic() - started
+        return Outcome(deployment_id, name, symbol, False, status, INTERRUPTED, seconds)
+
     def _change(self, change: Change) -> Outcome:
         started = time.monotonic()
+        if self.stop.is_set():  # stopping: start nothing new
+            return self._interrupted(change.deployment_id, change.name, change.symbol, started)
         if change.action in (Action.STOP, Action.DELETE):
             status = self._remove_deployment(change)
             return Outcome(
@@ -153,11 +169,19 @@ class Applier:
         record = self._begin(change)
         try:
             if change.failure:
-                raise _Failed(change.failure)
+                # Containers that do not serve go with it (a crash loop's exited container),
+                # their last lines kept for `reconciler logs`.
+                first = change.remove_first[:1]
+                logs = self._logs(change.desired.spec, first[0].id) if first else ()
+                for c in change.remove_first:
+                    self.engine.remove(c.id)
+                raise _Failed(change.failure, logs)
             if change.action == Action.UPDATE:
                 retire = self._update_in_place(change, record)
             else:
                 change, retire = self._bring_up(change)
+        except _Interrupted:
+            return self._interrupted(change.deployment_id, change.name, change.symbol, started)
         except _Failed as failed:
             record = self._failed(change, failed)
             return Outcome(
@@ -188,11 +212,15 @@ class Applier:
         """Containers run, but were not seen ready (a pass was interrupted): wait for them."""
         started = time.monotonic()
         d = pending.desired
+        if self.stop.is_set():
+            return self._interrupted(d.id, d.name, "~", started)
         record = self.recorder.get(d.id) or self._new_record(d)
         if record.status != "RUNNING":
             self.recorder.put(replace(record, status="PENDING", target_status="RUNNING"))
         try:
             self._wait_ready(d.spec, [c.id for c in pending.containers])
+        except _Interrupted:
+            return self._interrupted(d.id, d.name, "~", started)
         except _Failed as failed:
             for c in pending.containers:
                 self.engine.remove(c.id)
@@ -324,6 +352,7 @@ class Applier:
                 L.GPUS: ",".join(gpu_ids),
                 L.PORT: str(spec.port),
                 L.REVISION: self.revision or "",
+                L.MODEL: d.model.label if d.model else "",
             },
             publish_address=self.repo.settings.publish_address,
             cpus=self._cpus(spec),
@@ -360,7 +389,7 @@ class Applier:
             if not waiting:
                 return
             if self.stop.is_set():
-                raise _Failed("interrupted while waiting for readiness")
+                raise _Interrupted
             if time.monotonic() >= deadline:
                 raise _Failed(
                     f"not ready after {spec.startup_timeout}s: {detail}",
@@ -437,23 +466,26 @@ class Applier:
             self.recorder.update(
                 change.deployment_id,
                 status="STOPPED",
-                status_message=None,
+                status_message=change.note,  # why, when not asked for (a model retired)
                 completion_time=iso(now()),
                 modified_at=iso(now()),
             )
             return "STOPPED"
         self._retire(change.retire, change.desired.spec if change.desired else None)
         if change.expire and record is not None:
-            self.recorder.update(
+            # A ttl deletion leaves STOPPED; a DEAD deployment deleted after 7 days (a change
+            # with a note) stays DEAD.
+            dead = record.status == "DEAD" and change.note is not None
+            deleted = self.recorder.update(
                 change.deployment_id,
-                status="STOPPED",
-                status_message=f"deleted: ttl {record.ttl} expired",
+                status="DEAD" if dead else "STOPPED",
+                status_message=change.note or f"deleted: ttl {record.ttl} expired",
                 last_operation="DELETE",
                 expired=True,
                 completion_time=stamp,
                 modified_at=stamp,
             )
-            return "STOPPED"
+            return deleted.status
         if change.desired is None:
             self.recorder.forget(change.deployment_id)
             return None
@@ -487,6 +519,12 @@ class Applier:
         operation = record.last_operation
         if record.configuration_id and record.configuration_id != d.configuration.id:
             operation = "UPDATE"
+        # Count drift restores for the crash-loop backoff; a new configuration starts afresh.
+        restores, last_restore = record.restores, record.last_restore
+        if change.restore:
+            restores, last_restore = change.restore, stamp
+        elif change.action in (Action.CREATE, Action.REPLACE):
+            restores, last_restore = 0, None
         record = replace(
             record,
             status=status,
@@ -500,6 +538,8 @@ class Applier:
             modified_at=stamp,
             submission_time=stamp,
             revision=self.revision,
+            restores=restores,
+            last_restore=last_restore,
         )
         self.recorder.put(record)
         return record

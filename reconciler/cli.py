@@ -111,6 +111,7 @@ def render(
         "executableId": d.template.name,
         "scenarioId": d.template.scenario_id,
         "targetStatus": d.deployment.target_status,
+        "model": d.model.label if d.model else None,  # the catalog version, latest resolved
         "spec": d.spec.to_dict(),
     }
     if as_json:
@@ -140,6 +141,16 @@ def _tty(stream: object) -> bool:
     return bool(getattr(stream, "isatty", lambda: False)())
 
 
+def _revision_option(f: F) -> F:
+    return click.option(
+        "--revision",
+        metavar="REV",
+        default=None,
+        help="Use the manifests committed at REV (commit, tag, branch, HEAD~1 ...), not the "
+        "working tree: rollback = reconcile an older commit.",
+    )(f)
+
+
 @cli.command("plan")
 @_root_option
 @click.option(
@@ -151,15 +162,21 @@ def _tty(stream: object) -> bool:
     help="Exit 0 when there is nothing to change, 2 when there are changes, 1 on error.",
 )
 @click.option("--allow-empty", is_flag=True, help="Allow deleting every deployment.")
+@_revision_option
 @click.pass_context
 def plan_command(
-    ctx: click.Context, root: Path | None, as_json: bool, detailed_exitcode: bool, allow_empty: bool
+    ctx: click.Context,
+    root: Path | None,
+    as_json: bool,
+    detailed_exitcode: bool,
+    allow_empty: bool,
+    revision: str | None,
 ) -> None:
     """Show what reconcile would change on Docker, each change with its cause."""
     from .present import plan_text
     from .reconcile import preview
 
-    the_plan = preview(_root(ctx, root), allow_empty=allow_empty).plan
+    the_plan = preview(_root(ctx, root), allow_empty=allow_empty, revision=revision).plan
     if as_json:
         _json_out(the_plan.to_json())
         if the_plan.problems:
@@ -180,6 +197,7 @@ def _run_pass(
     parallel: int | None,
     lock_timeout: float,
     confirm: Callable[[Any], bool] | None,
+    revision: str | None = None,
 ) -> None:
     """Print the plan, (ask,) apply with progress, and say whether the host converged."""
     from .present import Progress, plan_text
@@ -203,6 +221,7 @@ def _run_pass(
             report=progress,
             confirm=accept,
             lock_wait=lock_timeout,
+            revision=revision,
         )
     finally:
         progress.close()
@@ -243,6 +262,7 @@ def _pass_options(f: F) -> F:
 @cli.command("reconcile")
 @_root_option
 @_pass_options
+@_revision_option
 @click.pass_context
 def reconcile_command(
     ctx: click.Context,
@@ -250,9 +270,12 @@ def reconcile_command(
     allow_empty: bool,
     parallel: int | None,
     lock_timeout: float,
+    revision: str | None,
 ) -> None:
     """One full converge pass, without a prompt (what CI, cron and watch run)."""
-    _run_pass(ctx, _root(ctx, root), allow_empty, parallel, lock_timeout, confirm=None)
+    _run_pass(
+        ctx, _root(ctx, root), allow_empty, parallel, lock_timeout, confirm=None, revision=revision
+    )
 
 
 @cli.command("apply")
@@ -295,7 +318,7 @@ def status_command(ctx: click.Context, root: Path | None, as_json: bool) -> None
     for note in notes:
         click.echo(f"warning: {note}", err=True)
     if as_json:
-        _json_out({"deployments": items})
+        _json_out({"deployments": items, "warnings": notes})
     else:
         click.echo(status_table(items))
 
@@ -352,6 +375,23 @@ def logs_command(
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
 @click.option(
+    "--api-url",
+    default=None,
+    help="Public base URL of this server, for deploymentUrls (default: Settings.apiUrl, "
+    "else the URL each request came to).",
+)
+@click.option(
+    "--credentials",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Clients file (default: ~/.config/reconciler/<instance>/clients.json).",
+)
+@click.option(
+    "--no-auth",
+    is_flag=True,
+    help="Accept every request without a token (local development only).",
+)
+@click.option(
     "--timeout",
     type=click.FloatRange(min=0.1),
     default=300.0,
@@ -360,12 +400,203 @@ def logs_command(
 )
 @click.pass_context
 def serve_command(
-    ctx: click.Context, root: Path | None, host: str, port: int, timeout: float
+    ctx: click.Context,
+    root: Path | None,
+    host: str,
+    port: int,
+    api_url: str | None,
+    credentials: Path | None,
+    no_auth: bool,
+    timeout: float,
 ) -> None:
-    """Deployment URLs (the inference gateway) and the AI API."""
+    """Deployment URLs (the inference gateway) and the AI API, with OAuth2."""
     from .server import ServeOptions, serve
 
-    serve(ServeOptions(_root(ctx, root), host=host, port=port, timeout=timeout))
+    serve(
+        ServeOptions(
+            _root(ctx, root),
+            host=host,
+            port=port,
+            auth=not no_auth,
+            credentials=credentials,
+            api_url=api_url.rstrip("/") if api_url else None,
+            timeout=timeout,
+        )
+    )
+
+
+@cli.group("clients")
+def clients_group() -> None:
+    """OAuth2 clients of `reconciler serve` and the resource groups they may use."""
+
+
+def _credentials(ctx: click.Context, root: Path | None, path: Path | None) -> Any:
+    from .auth import Credentials, default_credentials_path
+    from .load import load
+
+    if path is None:
+        path = default_credentials_path(load(_root(ctx, root))[0].instance)
+    return Credentials(path)
+
+
+def _credentials_option(f: F) -> F:
+    return click.option(
+        "--credentials",
+        type=click.Path(path_type=Path, dir_okay=False),
+        default=None,
+        help="Clients file (default: ~/.config/reconciler/<instance>/clients.json).",
+    )(f)
+
+
+@clients_group.command("add")
+@click.argument("name")
+@click.option(
+    "--resource-group",
+    "-g",
+    "groups",
+    multiple=True,
+    required=True,
+    help="A resource group the client may use (repeatable; '*' for all).",
+)
+@_root_option
+@_credentials_option
+@click.option("--json", "as_json", is_flag=True, help="Print the new client as JSON.")
+@click.pass_context
+def clients_add(
+    ctx: click.Context,
+    name: str,
+    groups: tuple[str, ...],
+    root: Path | None,
+    credentials: Path | None,
+    as_json: bool,
+) -> None:
+    """Create a client; its secret is printed once and stored only as a hash."""
+    store = _credentials(ctx, root, credentials)
+    client, secret = store.add(name, list(groups))
+    if as_json:
+        _json_out({**client.public(), "clientSecret": secret, "credentials": str(store.path)})
+        return
+    click.echo(f"client_id:     {client.client_id}")
+    click.echo(f"client_secret: {secret}")
+    click.echo(f"resource groups: {', '.join(client.resource_groups)}")
+    click.echo(f"(stored in {store.path}; the secret is not shown again)")
+
+
+@clients_group.command("list")
+@_root_option
+@_credentials_option
+@click.option("--json", "as_json", is_flag=True, help="Print the clients as JSON.")
+@click.pass_context
+def clients_list(
+    ctx: click.Context, root: Path | None, credentials: Path | None, as_json: bool
+) -> None:
+    """The clients and their resource groups (never their secrets)."""
+    store = _credentials(ctx, root, credentials)
+    items = [c.public() for c in sorted(store.clients.values(), key=lambda c: c.name)]
+    if as_json:
+        _json_out({"clients": items, "credentials": str(store.path)})
+        return
+    if not items:
+        click.echo(f"no clients in {store.path}")
+    for c in items:
+        groups = ", ".join(c["resourceGroups"])
+        click.echo(f"{c['name']:<20} {c['clientId']:<30} {groups}  (since {c['createdAt']})")
+
+
+@clients_group.command("remove")
+@click.argument("name_or_id")
+@_root_option
+@_credentials_option
+@click.pass_context
+def clients_remove(
+    ctx: click.Context, name_or_id: str, root: Path | None, credentials: Path | None
+) -> None:
+    """Remove a client: its tokens stop working at once."""
+    removed = _credentials(ctx, root, credentials).remove(name_or_id)
+    click.echo(f"removed client {removed.name} ({removed.client_id})")
+
+
+@clients_group.command("rotate-key")
+@_root_option
+@_credentials_option
+@click.pass_context
+def clients_rotate_key(ctx: click.Context, root: Path | None, credentials: Path | None) -> None:
+    """A new token signing key: every token issued so far stops working."""
+    _credentials(ctx, root, credentials).rotate_key()
+    click.echo("signing key rotated: clients must request new tokens")
+
+
+@cli.command("watch")
+@_root_option
+@click.option(
+    "--resync",
+    type=click.FloatRange(min=1),
+    default=60.0,
+    show_default=True,
+    help="Seconds between full passes when nothing else triggers one.",
+)
+@click.option(
+    "--debounce-ms",
+    type=click.IntRange(10, 60_000),
+    default=500,
+    show_default=True,
+    help="Quiet time that ends a burst of file changes (one pass per burst).",
+)
+@click.option(
+    "--git",
+    "use_git",
+    is_flag=True,
+    help="Apply what is committed on the branch, not the working tree.",
+)
+@click.option("--branch", default=None, help="With --git: the branch (default: the current one).")
+@click.option(
+    "--remote", default=None, help="With --git: follow REMOTE/BRANCH, fetched on an interval."
+)
+@click.option(
+    "--fetch-interval",
+    type=click.FloatRange(min=1),
+    default=60.0,
+    show_default=True,
+    help="With --remote: seconds between git fetches.",
+)
+@click.option(
+    "--parallel",
+    type=click.IntRange(1, 64),
+    default=None,
+    help="Deployments worked on at the same time (default 16).",
+)
+@click.option("--allow-empty", is_flag=True, help="Allow deleting every deployment.")
+@click.pass_context
+def watch_command(
+    ctx: click.Context,
+    root: Path | None,
+    resync: float,
+    debounce_ms: int,
+    use_git: bool,
+    branch: str | None,
+    remote: str | None,
+    fetch_interval: float,
+    parallel: int | None,
+    allow_empty: bool,
+) -> None:
+    """Reconcile continuously: on manifest changes (or commits), Docker events, deadlines and
+    every --resync seconds; undoes drift. Logs one JSON line per pass to stderr."""
+    from .watch import WatchOptions, watch
+
+    if (branch or remote) and not use_git:
+        raise UserError("--branch and --remote follow committed manifests: add --git")
+    options = WatchOptions(
+        root=_root(ctx, root),
+        resync=resync,
+        debounce_ms=debounce_ms,
+        git=use_git,
+        branch=branch,
+        remote=remote,
+        fetch_interval=fetch_interval,
+        parallel=parallel,
+        allow_empty=allow_empty,
+    )
+    ctx.exit(watch(options))
 
 
 def main(argv: list[str] | None = None) -> int:

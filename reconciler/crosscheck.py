@@ -11,6 +11,7 @@ import re
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from . import catalog
 from .errors import Problem, did_you_mean
 from .kinds import (
     Artifact,
@@ -44,6 +45,7 @@ def check(
         problems += _configuration(repo, config, broken)
     for deployment in repo.deployments:
         problems += _deployment(repo, deployment, broken)
+    problems += catalog.check_models(repo)
     return problems
 
 
@@ -115,8 +117,13 @@ def _configuration(
         "artifact input",
         [a.name for a in template.artifacts] if template else None,
     )
+    if template is not None and template.scenario_id == config.scenario_id:
+        problems += catalog.check_configuration(repo, template, config)
     if template is not None:
         bound = {k for k, _ in config.parameter_bindings}
+        resolved = catalog.resolve(repo, template, config)
+        if resolved:  # the catalog version supplies what it lists
+            bound |= {k for k, _ in resolved.version.parameters} | {catalog.MODEL_VERSION}
         for p in template.parameters:
             if p.default is None and p.name not in bound:
                 problems.append(

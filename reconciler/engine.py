@@ -19,6 +19,7 @@ import json
 import os
 import socket
 import threading
+import time
 import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
 
 _CPU_PERIOD = 100_000  # CFS period; CPU limits are quota/period (docker update can change them)
 _DEFAULT_SOCKET = "unix:///var/run/docker.sock"
+_OWN_MEMORY = 600.0  # seconds an own stop/remove is remembered (its events come within ms)
 
 
 class EngineUnreachable(UserError):
@@ -86,6 +88,10 @@ class Engine:
         self._pull_lock = threading.Lock()
         self._client_lock = threading.Lock()
         self._sdk: docker.APIClient | None = None
+        # Containers this handle stopped or removed, by id or name, with when: the Docker events
+        # these calls cause are the reconciler's own, not drift (see `caused`).
+        self._own: dict[str, float] = {}
+        self._own_lock = threading.Lock()
         local = where.startswith("unix://") and not kwargs.get("tls")
         self._socket_path = where[len("unix://") :] if local else None
 
@@ -196,6 +202,25 @@ class Engine:
         except NotFound:
             return b""
 
+    def log_streams(
+        self, container_id: str, since: datetime, until: datetime | None
+    ) -> Iterator[tuple[str, bytes]]:
+        """("stdout" | "stderr", lines with RFC 3339 timestamps) of one container."""
+        for stream in ("stdout", "stderr"):
+            try:
+                raw = self._call(
+                    self._client.logs,
+                    container_id,
+                    stdout=stream == "stdout",
+                    stderr=stream == "stderr",
+                    timestamps=True,
+                    since=since,
+                    until=until,
+                )
+            except NotFound:
+                return
+            yield stream, raw
+
     def follow_logs(
         self, container_id: str, tail: int | str, since: datetime | None
     ) -> Iterator[bytes]:
@@ -298,6 +323,7 @@ class Engine:
         )
 
     def stop(self, container_id: str, timeout: int | None = None) -> None:
+        self._remember(container_id)
         with contextlib.suppress(NotFound):
             self._call(
                 self._client.stop, container_id, timeout=timeout if timeout is not None else 10
@@ -305,6 +331,7 @@ class Engine:
 
     def remove(self, container_id: str) -> None:
         """Remove a container (killing it if it still runs); gone already is fine."""
+        self._remember(container_id)
         try:
             self._call(self._client.remove_container, container_id, force=True)
         except NotFound:
@@ -312,3 +339,53 @@ class Engine:
         except EngineError as exc:
             if "already in progress" not in str(exc) and "No such container" not in str(exc):
                 raise
+
+    # -- events -----------------------------------------------------------------------------
+
+    def events(self, since: str | None, filters: dict[str, list[str]]) -> EventStream:
+        """Docker's event stream (as dicts) matching `filters`, from `since` (unix time as
+        "seconds.nanoseconds") on: the engine first replays the events it still holds from
+        then, so a stream resumed after a break misses nothing the engine kept. Raises
+        EngineUnreachable when the engine is down."""
+        stream = self._call(self._client.events, since=since, filters=filters, decode=True)
+        return EventStream(stream)
+
+    def caused(self, container: str, within: float = _OWN_MEMORY) -> bool:
+        """Whether this handle stopped or removed `container` (as it was named in the call:
+        an id, or a name) lately: the events of the reconciler's own actions are not drift."""
+        with self._own_lock:
+            at = self._own.get(container)
+        return at is not None and time.monotonic() - at <= within
+
+    def _remember(self, container: str) -> None:
+        """Noted before the call: its events may arrive before the call returns."""
+        moment = time.monotonic()
+        with self._own_lock:
+            if len(self._own) > 1000:  # forget what is too old to matter
+                self._own = {k: t for k, t in self._own.items() if moment - t <= _OWN_MEMORY}
+            self._own[container] = moment
+
+
+class EventStream:
+    """Docker events, ending when the engine closes the stream (it stopped or restarted, or
+    the connection broke) or when `close()` is called from another thread."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        import docker.errors
+        import requests
+
+        try:
+            for event in self._stream:
+                if isinstance(event, dict):
+                    yield event
+        except (requests.exceptions.RequestException, OSError, ValueError):
+            return  # a broken stream is an ended one: the caller reconnects with `since`
+        except docker.errors.APIError as exc:
+            raise EngineError(_explain(exc)) from None
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):  # closed or broken already: nothing to do
+            self._stream.close()

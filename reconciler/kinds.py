@@ -122,10 +122,46 @@ class ResourcePlan:
 
 
 @dataclass(frozen=True)
+class ModelVersion:
+    name: str
+    is_latest: bool = False
+    deprecated: bool = False
+    retirement_date: str | None = None  # YYYY-MM-DD, UTC
+    context_length: int | None = None
+    capabilities: tuple[str, ...] = ()
+    streaming_supported: bool = False
+    suggested_replacements: tuple[str, ...] = ()
+    parameters: tuple[tuple[str, str], ...] = ()  # values for the executable's parameters
+
+
+@dataclass(frozen=True)
+class Model:
+    """A generative model of the catalog; shared by all resource groups (as AI Core's global
+    foundation-models scenario)."""
+
+    name: str
+    executable_id: str
+    display_name: str | None
+    provider: str | None
+    description: str | None
+    versions: tuple[ModelVersion, ...]
+    doc: Document = field(compare=False, repr=False)
+
+    def version(self, name: str) -> ModelVersion | None:
+        return next((v for v in self.versions if v.name == name), None)
+
+    @property
+    def latest(self) -> ModelVersion | None:
+        marked = [v for v in self.versions if v.is_latest]
+        return marked[0] if len(marked) == 1 else None
+
+
+@dataclass(frozen=True)
 class Settings:
     instance: str | None = None
     publish_address: str = "127.0.0.1"
     api_url: str | None = None  # public base URL of `reconciler serve`, without trailing /
+    retirement_warning_days: int = 30
     gpus: tuple[str, ...] = ()
     doc: Document | None = field(default=None, compare=False, repr=False)
 
@@ -145,3 +181,4 @@ class Repository:
     artifacts: MappingProxyType[RGKey, Artifact]
     deployments: tuple[Deployment, ...]
     plans: MappingProxyType[str, ResourcePlan]
+    models: MappingProxyType[str, Model] = field(default_factory=lambda: MappingProxyType({}))

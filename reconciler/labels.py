@@ -24,6 +24,7 @@ RESOURCES = PREFIX + "resources"  # JSON: cpus, memory, restartPolicy at creatio
 GPUS = PREFIX + "gpus"  # comma-separated device ids, when assigned from the inventory
 PORT = PREFIX + "port"  # the container port that serves
 REVISION = PREFIX + "revision"  # the manifests' git commit
+MODEL = PREFIX + "model"  # the catalog model version served, "name:version" (generative models)
 
 
 def selector(instance: str) -> list[str]:

@@ -22,6 +22,8 @@ from .kinds import (
     ArtifactInput,
     Configuration,
     Deployment,
+    Model,
+    ModelVersion,
     Parameter,
     Repository,
     ResourcePlan,
@@ -44,6 +46,7 @@ class _Collected:
     artifacts: list[Artifact] = field(default_factory=list)
     plans: list[ResourcePlan] = field(default_factory=list)
     settings: list[Settings] = field(default_factory=list)
+    models: list[Model] = field(default_factory=list)
     broken: set[tuple[str, str, str]] = field(default_factory=set)  # (kind, rg, name)
 
 
@@ -78,6 +81,7 @@ def load(root: Path, files: Iterable[SourceFile] | None = None) -> tuple[Reposit
         ),
         deployments=tuple(_first_by(deployments, lambda d: (d.resource_group, d.name)).values()),
         plans=MappingProxyType({**BUILTIN, **_first_by(found.plans, lambda p: p.name)}),
+        models=MappingProxyType(_first_by(found.models, lambda m: m.name)),
     )
     declared = [
         *found.templates,
@@ -86,6 +90,7 @@ def load(root: Path, files: Iterable[SourceFile] | None = None) -> tuple[Reposit
         *found.artifacts,
         *found.plans,
         *found.settings,
+        *found.models,
     ]
     problems += crosscheck.check(repo, declared, found.broken)
     return repo, problems
@@ -128,6 +133,8 @@ def _collect(doc: Document, found: _Collected) -> list[Problem]:
         found.plans.append(_plan(doc, meta, spec))
     elif kind == "Settings":
         found.settings.append(_settings(doc, spec))
+    elif kind == "Model":
+        found.models.append(_model(doc, meta, spec))
     return []
 
 
@@ -249,6 +256,32 @@ def _settings(doc: Document, spec: dict[str, Any]) -> Settings:
         instance=spec.get("instance"),
         publish_address=spec.get("publishAddress", "127.0.0.1"),
         api_url=spec["apiUrl"].rstrip("/") if spec.get("apiUrl") else None,
+        retirement_warning_days=spec.get("retirementWarningDays", 30),
         gpus=tuple(spec.get("gpus", ())),
+        doc=doc,
+    )
+
+
+def _model(doc: Document, meta: dict[str, Any], spec: dict[str, Any]) -> Model:
+    return Model(
+        name=meta["name"],
+        executable_id=spec["executableId"],
+        display_name=spec.get("displayName"),
+        provider=spec.get("provider"),
+        description=spec.get("description"),
+        versions=tuple(
+            ModelVersion(
+                name=v["name"],
+                is_latest=v.get("isLatest", False),
+                deprecated=v.get("deprecated", False),
+                retirement_date=v.get("retirementDate"),
+                context_length=v.get("contextLength"),
+                capabilities=tuple(v.get("capabilities", ())),
+                streaming_supported=v.get("streamingSupported", False),
+                suggested_replacements=tuple(v.get("suggestedReplacements", ())),
+                parameters=_pairs(v.get("parameters")),
+            )
+            for v in spec["versions"]
+        ),
         doc=doc,
     )

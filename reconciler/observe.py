@@ -2,7 +2,8 @@
 
 Two API calls per pass, whatever the number of deployments: one labelled container list (the
 summaries carry labels, state, exit status and ports) and one image list (image ids, so that a
-rebuilt `image:tag` counts as a change). No container is inspected on this path.
+rebuilt `image:tag` counts as a change). No container is inspected on this path, except one that
+Docker is restarting right now (its restart count tells a crash loop).
 """
 
 from __future__ import annotations
@@ -10,14 +11,14 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
 
 from . import labels as L
 from .engine import Engine
 
-_EXIT_CODE = re.compile(r"Exited \((-?\d+)\)")
+_EXIT_CODE = re.compile(r"(?:Exited|Restarting) \((-?\d+)\)")
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,8 @@ class ObservedContainer:
     created: int  # unix seconds
     root: str
     revision: str
+    model: str = ""  # "name:version" of the catalog model it serves, if any
+    restarts: int = 0  # Docker's RestartCount, looked up only for containers restarting now
 
     @property
     def running(self) -> bool:
@@ -130,14 +133,24 @@ def parse_summary(summary: dict[str, Any], port_label_default: int = 8080) -> Ob
         created=int(summary.get("Created") or 0),
         root=labels.get(L.ROOT, ""),
         revision=labels.get(L.REVISION, ""),
+        model=labels.get(L.MODEL, ""),
     )
+
+
+def _restarts(engine: Engine, c: ObservedContainer) -> ObservedContainer:
+    """A container Docker is restarting (waiting out its restart backoff) may crash-loop: its
+    restart count says how often (one inspect, only for these)."""
+    if c.state != "restarting":
+        return c
+    info = engine.inspect(c.id) or {}
+    return replace(c, restarts=int(info.get("RestartCount") or 0))
 
 
 def observe(engine: Engine, instance: str) -> Observed:
     summaries = engine.list_containers(L.selector(instance))
     containers = tuple(
         sorted(
-            (parse_summary(s) for s in summaries),
+            (_restarts(engine, parse_summary(s)) for s in summaries),
             key=lambda c: (c.deployment_id, c.replica, c.created, c.id),
         )
     )

@@ -7,7 +7,13 @@ A pure function over plain data. Symbols follow Terraform: `+` create, `~` updat
 * a new configuration must keep the deployment's scenario and executable;
 * a DEAD deployment may get a new configuration within 7 days, and stays DEAD (no retry loop)
   until its configuration (or image) changes;
-* a deployment whose ttl expired is stopped and deleted, and not recreated under that name.
+* a deployment whose ttl expired is stopped and deleted, and not recreated under that name;
+* a deployment DEAD for more than 7 days is deleted (a tombstone keeps the name from returning);
+* a container that dies or disappears outside the reconciler is restored, with an exponential
+  backoff between restores; one that keeps dying is DEAD ("crash loop") after RESTORE_LIMIT.
+
+`deadlines` (and a plan's `waits`, its deferred restores) say when the plan changes by the
+clock alone (ttl, DEAD retention, the end of a restore backoff): a watch loop wakes up then.
 
 Replacement is start-first (zero downtime) unless the host's GPU inventory has no free GPU for
 the new container, in which case the old one is stopped first.
@@ -18,18 +24,29 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from .catalog import retirement_notice
 from .crosscheck import ttl_minutes
 from .desired import DesiredDeployment, DesiredState
 from .errors import Problem, UserError
 from .observe import Observed, ObservedContainer
-from .record import Record, Snapshot, parse_iso
+from .record import Record, Snapshot, iso, parse_iso
 from .spec import HASH_VERSION
 
 FORMAT_VERSION = 1
 DEAD_RETENTION = timedelta(days=7)
+# Drift restores: the first at once, then 1 s, 2 s, 4 s ... (capped) after the previous one.
+# Restores count within a window: a deployment that stayed up that long starts from zero.
+# A deployment whose containers all exit again after RESTORE_LIMIT restores in the window is
+# DEAD (crash loop). Containers removed by hand (rather than exited) keep being restored. With a
+# restart policy Docker restarts a crashed container itself: more than RESTORE_LIMIT restarts
+# while it is still restarting (Docker's own backoff) is a crash loop as well.
+RESTORE_BACKOFF = timedelta(seconds=1)
+RESTORE_BACKOFF_CAP = timedelta(seconds=60)
+RESTORE_WINDOW = timedelta(minutes=10)
+RESTORE_LIMIT = 4
 _ALIVE = ("running", "restarting")  # Docker itself is restarting a container: not our drift
 
 
@@ -69,6 +86,8 @@ class Change:
     stop_first: bool = False  # no free GPU for a start-first replacement
     failure: str | None = None  # cannot be done: the deployment becomes DEAD with this reason
     expire: bool = False  # a ttl deletion: remembered so the name is not recreated
+    note: str | None = None  # with expire: the statusMessage the deletion leaves
+    restore: int = 0  # a drift restore: its number in the current crash-loop window
 
     @property
     def symbol(self) -> str:
@@ -108,6 +127,14 @@ class Pending:
     config_hash: str
 
 
+@dataclass(frozen=True, order=True)
+class Deadline:
+    """A moment at which the plan changes by the clock alone."""
+
+    at: datetime
+    what: str
+
+
 @dataclass(frozen=True)
 class Plan:
     changes: tuple[Change, ...]
@@ -116,6 +143,7 @@ class Plan:
     settle: tuple[Pending, ...]
     hashes: Mapping[str, str]  # desired config hash per deployment id
     revision: str | None = None
+    waits: tuple[Deadline, ...] = ()  # restores this plan defers (backoff): when they are due
 
     @property
     def has_changes(self) -> bool:
@@ -161,6 +189,7 @@ def plan(
     warnings: list[str] = []
     settle: list[Pending] = []
     hashes: dict[str, str] = {}
+    waits: list[Deadline] = []
     for d in desired.deployments:
         containers = by_dep.get(d.id, [])
         image_id = observed.image_id(d.spec.image)
@@ -170,6 +199,11 @@ def plan(
         )
         problems += outcome.problems
         warnings += outcome.warnings
+        notice = retirement_notice(d, now, desired.repo.settings.retirement_warning_days)
+        if notice:
+            warnings.append(notice)
+        if outcome.wait:
+            waits.append(outcome.wait)
         if outcome.change:
             changes.append(outcome.change)
         elif outcome.settle:
@@ -180,15 +214,27 @@ def plan(
     deletions = [
         _delete(dep_id, snapshot.records.get(dep_id), by_dep.get(dep_id, [])) for dep_id in gone
     ]
-    if deletions and not desired.deployments and not allow_empty:
+    # An empty desired set that would remove containers is refused: it is far more often a
+    # truncated or emptied folder than an intent. Records of deployments that run nothing
+    # (STOPPED, DEAD) are cleared without the flag; that is what deleting the last one asks.
+    serving = [d for d in deletions if d.retire]
+    if serving and not desired.deployments and not allow_empty:
         raise UserError(
-            f"the manifests declare no deployment at all, which would delete all {len(deletions)} "
-            "existing ones: refusing. If that is what you want, pass --allow-empty"
+            f"the manifests declare no deployment at all, which would delete all {len(serving)} "
+            "running ones: refusing. If that is what you want, pass --allow-empty"
         )
     changes += deletions
     if desired.repo.settings.gpus:
         changes = _assign_gpus(changes, observed, desired.repo.settings.gpus)
-    return Plan(tuple(changes), tuple(problems), tuple(warnings), tuple(settle), hashes, revision)
+    return Plan(
+        tuple(changes),
+        tuple(problems),
+        tuple(warnings),
+        tuple(settle),
+        hashes,
+        revision,
+        tuple(waits),
+    )
 
 
 @dataclass
@@ -197,6 +243,7 @@ class _Outcome:
     problems: list[Problem] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     settle: bool = False
+    wait: Deadline | None = None  # a deferred restore
 
 
 def _plan_deployment(
@@ -218,17 +265,21 @@ def _plan_deployment(
     }
     # ttl: counted from creation; an expired deployment is gone for good under this name.
     if rec and rec.expired:
+        dead = rec.status == "DEAD"  # deleted after DEAD_RETENTION rather than by its ttl
+        why = f"when its ttl ({rec.ttl}) expired"
+        if dead:
+            why = f"after {DEAD_RETENTION.days} days DEAD"
         warning = (
-            f"{d.name}: deleted when its ttl ({rec.ttl}) expired; remove it from the manifests "
-            "or deploy it under a new name"
+            f"{d.name}: deleted {why}; remove it from the manifests or deploy it under a new name"
         )
         if containers:
             return _Outcome(
                 Change(
                     Action.DELETE,
-                    cause="ttl expired",
+                    cause="DEAD retention expired" if dead else "ttl expired",
                     retire=tuple(containers),
                     expire=True,
+                    note=rec.status_message,
                     **base,
                 ),
                 warnings=[warning],
@@ -246,6 +297,22 @@ def _plan_deployment(
             )
         )
 
+    # A deployment of a retired model version stops working on its retirement date, as
+    # upstream: it is stopped with the reason, and stays stopped.
+    if d.model and d.model.retired(now) and dep.target_status == "RUNNING":
+        cause = f"model {d.model.label} retired on {d.model.version.retirement_date}"
+        message = f"stopped: {cause}{d.model.replacement_hint()}"
+        if rec is None or rec.status not in ("STOPPED", "DEAD"):
+            return _Outcome(
+                Change(Action.STOP, cause=cause, retire=tuple(containers), note=message, **base)
+            )
+        return _Outcome(
+            warnings=[
+                f"{d.name}: {message}; deploy a configuration of a supported version under a "
+                "new deployment"
+            ]
+        )
+
     if dep.target_status == "STOPPED":
         if containers or (rec and rec.status in ("PENDING", "RUNNING", "STOPPING")):
             return _Outcome(
@@ -256,6 +323,21 @@ def _plan_deployment(
     problems = _rule_problems(d, rec, now)
     if problems:
         return _Outcome(problems=problems)
+    # AI Core deletes a deployment that has been DEAD for 7 days; the record stays as a tombstone
+    # (expired) so that the name is not deployed again by accident.
+    dead_since = parse_iso(rec.dead_since) if rec and rec.status == "DEAD" else None
+    if rec and dead_since and dead_since + DEAD_RETENTION <= now:
+        cause = f"DEAD since {rec.dead_since}, more than {DEAD_RETENTION.days} days"
+        return _Outcome(
+            Change(
+                Action.DELETE,
+                cause=cause,
+                retire=tuple(containers),
+                expire=True,
+                note=f"deleted: {cause}",
+                **base,
+            )
+        )
 
     current = [c for c in containers if _is_current(c, config_hash, d, image_id)]
     stale = [c for c in containers if c not in current]
@@ -286,6 +368,25 @@ def _plan_deployment(
             ]
         )
 
+    # Docker restarts a crashing container itself (restart policy) with its own exponential
+    # backoff; one still restarting after more than RESTORE_LIMIT restarts crash-loops.
+    looping = [c for c in current if c.state == "restarting" and c.restarts > RESTORE_LIMIT]
+    if looping and rec is not None and rec.status in ("RUNNING", "PENDING"):
+        c = looping[0]
+        return _Outcome(
+            Change(
+                Action.REPLACE,
+                cause=f"container crash-looping ({c.restarts} restarts by Docker)",
+                remove_first=(c, *(o for o in containers if o != c)),
+                failure=(
+                    f"crash loop: container exited with code {c.exit_code} and was restarted "
+                    f"{c.restarts} times by Docker; not retried until its configuration or "
+                    "image changes"
+                ),
+                **base,
+            )
+        )
+
     keep: dict[int, ObservedContainer] = {}
     remove_first: list[ObservedContainer] = []
     retire = list(stale)
@@ -307,6 +408,7 @@ def _plan_deployment(
     causes: list[str] = []
     fields: tuple[str, ...] = ()
     drift = rec is not None and rec.status in ("RUNNING", "PENDING")
+    restore = False  # containers died or vanished outside the reconciler: a drift restore
     if stale and not keep:
         action = Action.REPLACE
         fields = _changed_fields(stale, d)
@@ -315,6 +417,7 @@ def _plan_deployment(
         action = Action.CREATE
         if drift:
             causes.append("container removed outside the reconciler")
+            restore = True
         elif rec and rec.status == "DEAD":
             causes.append(f"new configuration {d.configuration.id} for a DEAD deployment")
         else:
@@ -323,6 +426,7 @@ def _plan_deployment(
         action = Action.REPLACE
         state = remove_first[0].describe_state()
         causes.append(f"container {state}" + (" outside the reconciler" if drift else ""))
+        restore = drift
     else:
         action = Action.UPDATE
         if stale:
@@ -333,20 +437,82 @@ def _plan_deployment(
         elif create or remove_first:
             gone = sorted({*create})
             causes.append(f"replica {', '.join(map(str, gone))} missing or not running")
+            restore = drift
         if update:
             causes.append(_resources_cause(_resources(update[0], rec), wanted))
+    cause = "; ".join(causes)
+    attempt, failure = 0, None
+    if restore and rec is not None:
+        attempt = _restore_attempt(rec, now)
+        # Every container exited again (not removed by hand, not one replica of several)
+        # after RESTORE_LIMIT restores: it crash-loops. The others keep backing off.
+        if attempt > RESTORE_LIMIT and action == Action.REPLACE:
+            minutes = int(RESTORE_WINDOW.total_seconds() // 60)
+            failure = (
+                f"crash loop: {cause} after {RESTORE_LIMIT} restores within {minutes} minutes; "
+                "not retried until its configuration or image changes"
+            )
+        else:
+            at = _restore_at(rec, attempt)
+            if at is not None and now < at:
+                return _Outcome(
+                    warnings=[f"{d.name}: {cause}; restore {attempt} backs off until {iso(at)}"],
+                    wait=Deadline(at, f"restore {attempt} of {d.name}"),
+                )
     return _Outcome(
         Change(
             action,
-            cause="; ".join(causes),
+            cause=cause,
             create=create,
             remove_first=tuple(remove_first),
             retire=tuple(retire),
             update=update,
             fields=fields,
+            failure=failure,
+            restore=attempt,
             **base,
         )
     )
+
+
+def _restore_attempt(rec: Record, now: datetime) -> int:
+    """The number of the restore now due: one more than the last, within the window."""
+    last = parse_iso(rec.last_restore)
+    if last is None or now - last >= RESTORE_WINDOW:
+        return 1
+    return rec.restores + 1
+
+
+def _restore_at(rec: Record, attempt: int) -> datetime | None:
+    """When restore number `attempt` may run: at once for the first, then 1 s, 2 s, 4 s ...
+    (capped) after the previous restore."""
+    last = parse_iso(rec.last_restore)
+    if attempt <= 1 or last is None:
+        return None
+    return last + min(RESTORE_BACKOFF * 2 ** (attempt - 2), RESTORE_BACKOFF_CAP)
+
+
+def deadlines(desired: DesiredState, snapshot: Snapshot) -> list[Deadline]:
+    """The clock-driven rules' next moments for every declared deployment: ttl expiry, the
+    deletion of a deployment DEAD for 7 days and model retirement dates (deferred restores are
+    in `Plan.waits`). Past moments are included (the caller decides what is still ahead)."""
+    out: list[Deadline] = []
+    for d in desired.deployments:
+        retirement = d.model.retirement if d.model else None
+        if retirement and d.model:
+            at = datetime(retirement.year, retirement.month, retirement.day, tzinfo=UTC)
+            out.append(Deadline(at, f"model {d.model.label} of {d.name} retires"))
+        rec = snapshot.records.get(d.id)
+        if rec is None or rec.expired:
+            continue
+        created = parse_iso(rec.created_at)
+        if d.deployment.ttl and created:
+            at = created + timedelta(minutes=ttl_minutes(d.deployment.ttl))
+            out.append(Deadline(at, f"ttl {d.deployment.ttl} of {d.name} expires"))
+        dead_since = parse_iso(rec.dead_since)
+        if rec.status == "DEAD" and dead_since:
+            out.append(Deadline(dead_since + DEAD_RETENTION, f"{d.name} DEAD for 7 days"))
+    return out
 
 
 def _rule_problems(d: DesiredDeployment, rec: Record | None, now: datetime) -> list[Problem]:
@@ -414,13 +580,19 @@ def _config_cause(
     image_id: str | None,
     rec: Record | None,
 ) -> str:
-    if fields:
+    old_model = stale[0].model
+    old_config = stale[0].configuration_id or (rec.configuration_id if rec else None)
+    if d.model and old_model and old_model != d.model.label:
+        old_version = old_model.rsplit(":", 1)[-1]
+        if d.model.follows_latest and old_config == d.configuration.id:
+            return f"latest moved: {old_version} → {d.model.version.name}"
+        cause = f"model version {old_version} → {d.model.version.name}"
+    elif fields:
         cause = f"config changed: {', '.join(fields)}"
     elif image_id and stale[0].image_id and stale[0].image_id != image_id:
         cause = f"image {d.spec.image} was rebuilt (new content)"
     else:
         cause = "config changed"
-    old_config = stale[0].configuration_id or (rec.configuration_id if rec else None)
     if old_config and old_config != d.configuration.id:
         cause += f" (configuration {old_config} → {d.configuration.id})"
     return cause

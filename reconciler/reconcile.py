@@ -1,7 +1,7 @@
 """One reconcile pass: load → render → observe → plan → apply → record, under the lock.
 
-The core function shared by the command line (`plan`, `reconcile`, `apply`) and, later, the
-server and the watch loop. Nothing on the host changes unless the manifests load, validate and
+The core function shared by the command line (`plan`, `reconcile`, `apply`), the server and
+the watch loop. Nothing on the host changes unless the manifests load, validate and
 plan without a problem.
 """
 
@@ -13,10 +13,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .apply import DEFAULT_PARALLEL, Outcome, Reporter, apply_plan
+from .apply import DEFAULT_PARALLEL, INTERRUPTED, Outcome, Reporter, apply_plan
 from .desired import DesiredState, desired_state
 from .engine import Engine
 from .errors import ManifestError
+from .gitsource import read_commit
 from .observe import Observed, observe
 from .plan import Plan, plan
 from .record import Recorder, Snapshot, instance_lock, iso, now, read_snapshot, write_snapshot
@@ -39,18 +40,30 @@ class PassResult:
     outcomes: list[Outcome] = field(default_factory=list)
     seconds: float = 0.0
     applied: bool = True  # False when the user declined the plan
+    desired: DesiredState | None = None  # what the pass worked from (watch's deadlines)
 
     @property
     def converged(self) -> bool:
         return self.applied and all(o.ok for o in self.outcomes)
 
 
-def preview(root: Path, engine: Engine | None = None, allow_empty: bool = False) -> Preview:
-    desired = desired_state(root)
+def preview(
+    root: Path,
+    engine: Engine | None = None,
+    allow_empty: bool = False,
+    revision: str | None = None,
+) -> Preview:
+    """`revision` (a commit, tag, branch ...): the manifests committed there, read from git
+    without touching the working tree; None: the working tree's manifests."""
+    if revision is None:
+        desired = desired_state(root)
+        revision = working_tree_revision(root)
+    else:
+        revision, files = read_commit(root, revision)
+        desired = desired_state(root, files)
     engine = engine or Engine.connect()
     snapshot = read_snapshot(root, desired.repo.instance)
     observed = observe(engine, desired.repo.instance)
-    revision = working_tree_revision(root)
     the_plan = plan(desired, observed, snapshot, now(), allow_empty, revision)
     return Preview(desired, observed, snapshot, the_plan)
 
@@ -65,21 +78,25 @@ def reconcile(
     stop: threading.Event | None = None,
     trigger: str = "cli",
     lock_wait: float = 10.0,
+    revision: str | None = None,
+    engine: Engine | None = None,
 ) -> PassResult:
+    """One pass. `revision`: apply the manifests committed there (see `preview`); `engine`:
+    reuse a handle (watch keeps one, so that it can tell its own actions' Docker events)."""
     started = time.monotonic()
     started_at = iso(now())
     with instance_lock(root, wait=lock_wait):
-        engine = Engine.connect()
-        view = preview(root, engine, allow_empty)
+        engine = engine or Engine.connect()
+        view = preview(root, engine, allow_empty, revision)
         the_plan = view.plan
         if the_plan.problems:
             raise ManifestError(the_plan.problems)
         if confirm is not None and not confirm(the_plan):
-            return PassResult(the_plan, applied=False)
+            return PassResult(the_plan, applied=False, desired=view.desired)
         if not the_plan.changes and not the_plan.settle:
             if view.snapshot.revision != the_plan.revision and view.snapshot.records:
                 write_snapshot(root, _with_revision(view.snapshot, the_plan.revision))
-            return PassResult(the_plan, seconds=time.monotonic() - started)
+            return PassResult(the_plan, seconds=time.monotonic() - started, desired=view.desired)
         recorder = Recorder(root, view.snapshot, the_plan.revision)
         try:
             outcomes = apply_plan(
@@ -95,18 +112,21 @@ def reconcile(
         finally:
             recorder.close()  # whatever happened, what was recorded reaches the disk
         seconds = time.monotonic() - started
+        result = "converged" if all(o.ok for o in outcomes) else "failed"
+        if any(o.message == INTERRUPTED for o in outcomes):
+            result = "interrupted"
         recorder.finish(
             {
                 "revision": the_plan.revision,
                 "trigger": trigger,
                 "startedAt": started_at,
                 "durationSeconds": round(seconds, 2),
-                "result": "converged" if all(o.ok for o in outcomes) else "failed",
+                "result": result,
                 "changes": [c.describe() for c in the_plan.changes],
                 "failures": [o.describe() for o in outcomes if not o.ok],
             }
         )
-        return PassResult(the_plan, outcomes, seconds)
+        return PassResult(the_plan, outcomes, seconds, desired=view.desired)
 
 
 def _with_revision(snapshot: Snapshot, revision: str | None) -> Snapshot:

@@ -70,6 +70,10 @@ class Record:
     config_hash: str | None = None  # what serves now (or was last attempted)
     failed_hash: str | None = None  # a configuration that failed; retried only once it changes
     expired: bool = False  # deleted by its ttl; not recreated under the same name
+    # Drift restores in the current crash-loop window (plan.RESTORE_WINDOW) and the last one's
+    # time: restores back off exponentially and a deployment that keeps dying ends DEAD.
+    restores: int = 0
+    last_restore: str | None = None
     replicas: int | None = None
     gpus: tuple[str, ...] = ()
     # Resources applied in place with `docker update`, per container id (labels are immutable).
@@ -145,11 +149,12 @@ def read_snapshot(root: Path, instance: str) -> Snapshot:
     return Snapshot(instance, records, tuple(data.get("history") or ()), data.get("revision"))
 
 
-def write_atomic(path: Path, text: str) -> None:
+def write_atomic(path: Path, text: str, mode: int = 0o644) -> None:
     """Write via a temp file in the same folder and rename: readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
+        os.fchmod(fd, mode)
         with os.fdopen(fd, "w") as f:
             f.write(text)
             f.flush()

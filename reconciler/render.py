@@ -27,6 +27,7 @@ from jinja2 import StrictUndefined, Template, TemplateError, TemplateSyntaxError
 from jinja2.exceptions import SecurityError, UndefinedError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from . import catalog
 from .errors import Problem, RenderError, did_you_mean
 from .kinds import Configuration, Repository, RGKey, ServingTemplate
 from .kserve import STORAGE_URI, to_draft
@@ -194,9 +195,15 @@ def resolve_inputs(
 ) -> Inputs | None:
     """Binding wins, else the default; None when something is missing (crosscheck reports it)."""
     bound = dict(config.parameter_bindings)
+    resolved = catalog.resolve(repo, template, config)
+    # A catalog version's serving values sit between the binding and the template default.
+    served = dict(resolved.version.parameters) if resolved else {}
+    if resolved and template.parameter(catalog.MODEL_VERSION):
+        served[catalog.MODEL_VERSION] = resolved.version.name  # `latest` resolved
+        bound.pop(catalog.MODEL_VERSION, None)
     parameters = {}
     for p in template.parameters:
-        value = bound.get(p.name, p.default)
+        value = bound.get(p.name, served.get(p.name, p.default))
         if value is None:
             return None
         parameters[p.name] = value

@@ -35,6 +35,7 @@ SCHEMAS: dict[tuple[str, str], str] = {
     (API_VERSION, "Artifact"): "artifact",
     (API_VERSION, "ResourcePlan"): "resourceplan",
     (API_VERSION, "Settings"): "settings",
+    (API_VERSION, "Model"): "model",
 }
 KINDS: tuple[str, ...] = tuple(dict.fromkeys(kind for _, kind in SCHEMAS))
 _COMMON_REF = "common.schema.json#/$defs/"
