@@ -415,9 +415,13 @@ class Applier:
                 self._logs(spec, cid),
             )
         if state.get("Restarting") or int(info.get("RestartCount") or 0) > 0:
+            # Caught after Docker already started it again, ExitCode reads 0: it then says
+            # nothing about the crash, the log lines do.
+            code = state.get("ExitCode")
+            exited = f"exited with code {code}" if code else "exited"
             raise _Failed(
-                f"container exited with code {state.get('ExitCode')} while starting and keeps "
-                f"restarting ({info.get('RestartCount')} restarts)",
+                f"container {exited} while starting and keeps restarting "
+                f"({info.get('RestartCount')} restarts)",
                 self._logs(spec, cid),
             )
         if state.get("Status") != "running":
