@@ -116,7 +116,11 @@ class Gateway:
         await asyncio.get_running_loop().run_in_executor(None, self.table.refresh)
         fresh = self.table.get(ex.tag)
         target = fresh.pick() if fresh else None
-        if target is None:
+        if fresh is not None and fresh.status != "RUNNING":  # stopped meanwhile: say so
+            ex.upstream_failed(
+                503, f"Deployment {ex.tag} is {fresh.status}: it serves requests only when RUNNING"
+            )
+        elif target is None:
             ex.upstream_failed(503, f"Deployment {ex.tag} has no serving replica now")
         else:
             self._forward(ex, target)
