@@ -35,8 +35,8 @@ Observer = Callable[[str, float, int, bool], None]  # deployment id, seconds, st
 
 
 class Gateway:
-    """Answers exchanges whose path starts with PREFIX (see `claims`); the relay tells it of
-    refused connections and of each exchange's end (`Relayed`)."""
+    """Answers exchanges whose path starts with PREFIX; the relay tells it of refused
+    connections and of each exchange's end (`Relayed`)."""
 
     def __init__(
         self,
@@ -54,10 +54,6 @@ class Gateway:
         # where the metrics code runs with warm caches (per request it cost a quarter of the
         # relay's CPU). A deque: appended here, emptied from any thread.
         self._observed: deque[tuple[str, float, int, bool]] = deque()
-
-    @staticmethod
-    def claims(ex: Exchange) -> bool:
-        return ex.req.path.startswith(_PREFIX)
 
     def handle(self, ex: Exchange) -> None:
         req = ex.req
