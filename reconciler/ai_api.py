@@ -12,7 +12,7 @@ details}}` follow AI Core's AI API so that its scripts and SAP's Python SDK work
 # No `from __future__ import annotations` here: FastAPI reads the endpoints' annotations at
 # runtime, and they refer to names local to create_app.
 import base64
-import os
+import contextlib
 import re
 import secrets
 import threading
@@ -31,6 +31,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import api_resources as res
 from .api_error import error_body, request_id
+from .apply import redact
 from .auth import TOKEN_SECONDS, AuthError, Credentials, Identity
 from .crosscheck import ttl_minutes
 from .desired import DesiredDeployment, DesiredState, desired_state
@@ -40,7 +41,7 @@ from .kinds import Deployment
 from .observe import observe
 from .plan import DEAD_RETENTION
 from .record import parse_iso, read_snapshot
-from .sources import MANIFEST_FOLDERS, YAML_SUFFIXES
+from .sources import yaml_paths
 from .status import deployment_statuses
 from .writeback import API_FOLDER, WriteBack, Written
 
@@ -173,19 +174,13 @@ class ApiContext:
         self.problems: tuple[str, ...] = ()
 
     def _files_stamp(self) -> tuple[tuple[str, int, int], ...]:
+        """Which manifest files exist, and when each last changed: a cheap change detector."""
         out = []
-        for folder in MANIFEST_FOLDERS:
-            for dirpath, dirnames, filenames in os.walk(self.root / folder):
-                dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-                for name in filenames:
-                    if name.endswith(YAML_SUFFIXES) and not name.startswith("."):
-                        path = Path(dirpath) / name
-                        try:
-                            st = path.stat()
-                        except OSError:
-                            continue
-                        out.append((str(path), st.st_mtime_ns, st.st_size))
-        return tuple(sorted(out))
+        for path in yaml_paths(self.root):
+            with contextlib.suppress(OSError):  # removed meanwhile: the next look sees it
+                st = path.stat()
+                out.append((str(path), st.st_mtime_ns, st.st_size))
+        return tuple(out)
 
     def state(self) -> DesiredState:
         """The desired state, reloaded when a manifest file changed; the last valid one (and
@@ -217,7 +212,7 @@ class ApiContext:
         snapshot = read_snapshot(self.root, state.repo.instance)
         observed, problem = None, None
         try:
-            observed = observe(self.engine, state.repo.instance)
+            observed = observe(self.engine, state.repo.instance, images=False)
         except EngineUnreachable as exc:
             problem = str(exc)
         api_url = self.api_url or state.repo.settings.api_url or base_url
@@ -843,19 +838,23 @@ def _log_lines(
     ctx: ApiContext, deployment_id: str, start: datetime, end: datetime | None
 ) -> list[dict[str, Any]]:
     state = ctx.state()
-    containers = observe(ctx.engine, state.repo.instance).by_deployment().get(deployment_id, [])
+    containers = (
+        observe(ctx.engine, state.repo.instance, images=False)
+        .by_deployment()
+        .get(deployment_id, [])
+    )
     out: list[dict[str, Any]] = []
     declared = state.find_declared(deployment_id)
     for c in containers:
         for stream, raw in ctx.engine.log_streams(c.id, since=start, until=end):
-            for line in raw.decode(errors="replace").splitlines():
+            lines = raw.decode(errors="replace").splitlines()
+            if declared is not None:  # secrets never leave through the API
+                lines = list(redact(lines, declared.spec))
+            for line in lines:
                 stamp, _, msg = line.partition(" ")
-                stamp = _micro(stamp)
-                if declared is not None:
-                    from .apply import redact
-
-                    msg = redact([msg], declared.spec)[0]
-                out.append({"timestamp": stamp, "msg": msg, "container": c.name, "stream": stream})
+                out.append(
+                    {"timestamp": _micro(stamp), "msg": msg, "container": c.name, "stream": stream}
+                )
     if not containers:  # a DEAD deployment: the lines kept in the state
         record = read_snapshot(ctx.root, state.repo.instance).records.get(deployment_id)
         if record and record.last_logs:

@@ -221,15 +221,6 @@ class Engine:
                 return
             yield stream, raw
 
-    def follow_logs(
-        self, container_id: str, tail: int | str, since: datetime | None
-    ) -> Iterator[bytes]:
-        return self._call(
-            self._client.logs, container_id, stream=True, follow=True, tail=tail, since=since
-        )
-
-    # -- changing ---------------------------------------------------------------------------
-
     def image_id(self, ref: str) -> str | None:
         try:
             return self._call(self._client.inspect_image, ref)["Id"]

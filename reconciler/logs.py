@@ -25,7 +25,9 @@ def deployment_logs(
     desired = desired_state(root)
     found = desired.find(name_or_id, resource_group)
     engine = Engine.connect()
-    containers = observe(engine, desired.repo.instance).by_deployment().get(found.id, [])
+    containers = (
+        observe(engine, desired.repo.instance, images=False).by_deployment().get(found.id, [])
+    )
     if not containers:
         record = read_snapshot(root, desired.repo.instance).records.get(found.id)
         if record and record.last_logs:

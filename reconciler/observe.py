@@ -146,7 +146,9 @@ def _restarts(engine: Engine, c: ObservedContainer) -> ObservedContainer:
     return replace(c, restarts=int(info.get("RestartCount") or 0))
 
 
-def observe(engine: Engine, instance: str) -> Observed:
+def observe(engine: Engine, instance: str, images: bool = True) -> Observed:
+    """This instance's containers and, for planning, the host's images (`images=False` for
+    callers that only show or route to containers: one Docker call instead of two)."""
     summaries = engine.list_containers(L.selector(instance))
     containers = tuple(
         sorted(
@@ -154,11 +156,11 @@ def observe(engine: Engine, instance: str) -> Observed:
             key=lambda c: (c.deployment_id, c.replica, c.created, c.id),
         )
     )
-    images: dict[str, str] = {}
-    for image in engine.images():
+    ids: dict[str, str] = {}
+    for image in engine.images() if images else ():
         for tag in image.get("RepoTags") or ():
             if tag != "<none>:<none>":
-                images[normalize_image(tag)] = image["Id"]
+                ids[normalize_image(tag)] = image["Id"]
         for digest in image.get("RepoDigests") or ():
-            images[digest] = image["Id"]
-    return Observed(containers, MappingProxyType(images))
+            ids[digest] = image["Id"]
+    return Observed(containers, MappingProxyType(ids))

@@ -42,7 +42,7 @@ class Route:
 
 def build_routes(root: Path, instance: str, engine: Engine, publish: str) -> dict[str, Route]:
     snapshot = read_snapshot(root, instance)
-    by_dep = observe(engine, instance).by_deployment()
+    by_dep = observe(engine, instance, images=False).by_deployment()
     routes = {}
     for dep_id in set(snapshot.records) | set(by_dep):
         rec = snapshot.records.get(dep_id)
@@ -75,9 +75,6 @@ class RouteTable:
 
     def get(self, deployment_id: str) -> Route | None:
         return self._routes.get(deployment_id)
-
-    def all(self) -> Mapping[str, Route]:
-        return self._routes
 
     def refresh_if_stale(self, seconds: float) -> None:
         """Refresh if the snapshot changed since the last refresh, or that is `seconds` old.

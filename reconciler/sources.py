@@ -90,7 +90,7 @@ def read_tree(root: Path) -> tuple[list[SourceFile], list[Problem]]:
     check_root(root)
     files: list[SourceFile] = []
     problems: list[Problem] = []
-    for path in _yaml_paths(root):
+    for path in yaml_paths(root):
         rel = path.relative_to(root).as_posix()
         try:
             data = path.read_bytes()
@@ -105,7 +105,8 @@ def read_tree(root: Path) -> tuple[list[SourceFile], list[Problem]]:
     return files, problems
 
 
-def _yaml_paths(root: Path) -> Iterator[Path]:
+def yaml_paths(root: Path) -> Iterator[Path]:
+    """Every manifest file of the root, in a stable order (hidden files and folders skipped)."""
     for folder in MANIFEST_FOLDERS:
         base = root / folder
         if not base.is_dir():

@@ -220,7 +220,7 @@ def status_view(root: Path) -> tuple[list[dict[str, Any]], list[str]]:
     snapshot = read_snapshot(root, instance)
     observed, problem = None, None
     try:
-        observed = observe(Engine.connect(), instance)
+        observed = observe(Engine.connect(), instance, images=False)
     except EngineUnreachable as exc:
         problem = str(exc)
         notes.append(problem)

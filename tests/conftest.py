@@ -53,6 +53,16 @@ def cli_process(*args: str | Path, timeout: float = 120, **kwargs: object) -> Re
     return Result(proc.returncode, proc.stdout, proc.stderr)
 
 
+def git(root: Path, *args: str) -> str:
+    """Run git in `root` (a real repository) as a test author; its output, stripped."""
+    return subprocess.run(
+        ["git", "-C", str(root), "-c", "user.name=test", "-c", "user.email=t@t", *args],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+
+
 def write_tree(root: Path, files: dict[str, str]) -> Path:
     for rel, text in files.items():
         path = root / rel

@@ -80,7 +80,9 @@ spec:
 {extra}"""
 
 
-def configuration(name: str, template: str = "tiny-serving", **params: str) -> str:
+def configuration(
+    name: str, template: str = "tiny-serving", scenario: str = "tiny", **params: str
+) -> str:
     bindings = "".join(f'    - key: {k}\n      value: "{v}"\n' for k, v in params.items())
     return f"""
 apiVersion: reconciler/v1
@@ -89,7 +91,7 @@ metadata:
   name: {name}
 spec:
   executableId: {template}
-  scenarioId: tiny
+  scenarioId: {scenario}
   parameterBindings:
 {bindings or "    []"}
 """.replace("  parameterBindings:\n    []\n", "")

@@ -23,19 +23,10 @@ from ai_api_client_sdk.models.status import Status
 from ai_api_client_sdk.models.target_status import TargetStatus
 from ai_core_sdk.ai_core_v2_client import AICoreV2Client
 
-from tests.conftest import cli
+from tests.conftest import cli, git
 from tests.engine_support import Server, configuration, docs, request, wait_for
 
 pytestmark = pytest.mark.engine
-
-
-def git(root: Path, *args: str) -> str:
-    return subprocess.run(
-        ["git", "-C", str(root), "-c", "user.name=test", "-c", "user.email=t@t", *args],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
 
 
 def add_client(root: Path, credentials: Path, name: str, *groups: str) -> dict[str, Any]:
@@ -70,6 +61,17 @@ def sdk(server: Server, client: dict[str, Any], group: str = "default") -> AICor
         client_secret=client["clientSecret"],
         resource_group=group,
     )
+
+
+def deploy_running(client: AICoreV2Client, configuration_id: str) -> Any:
+    """POST a deployment through the SDK and wait until the API says it is RUNNING."""
+    created = client.deployment.create(configuration_id=configuration_id)
+    wait_for(
+        lambda: client.deployment.get(created.id).status == Status.RUNNING,
+        timeout=60,
+        what=f"deployment {created.id} to run",
+    )
+    return created
 
 
 def token(server: Server, client: dict[str, Any]) -> str:
@@ -113,14 +115,9 @@ def test_the_sdk_lists_creates_deploys_stops_and_reads_logs(api):
     assert git(host.root, "status", "--porcelain", "--", "manifests") == ""  # all committed
     assert client.configuration.count() == 2
 
-    deployment = client.deployment.create(configuration_id=created.id)
+    deployment = deploy_running(client, created.id)
     assert deployment.deployment_url == f"{server.base}/v2/inference/deployments/{deployment.id}"
     assert "AI API: POST /v2/lm/deployments" in git(host.root, "log", "-1", "--format=%B")
-    wait_for(
-        lambda: client.deployment.get(deployment.id).status == Status.RUNNING,
-        timeout=60,
-        what="the deployment to run",
-    )
     got = client.deployment.get(deployment.id)
     assert got.configuration_id == created.id and got.scenario_id == "tiny"
     assert [d.id for d in client.deployment.query(status=Status.RUNNING).resources] == [
@@ -191,12 +188,7 @@ def test_missing_expired_and_forged_tokens_are_401(api):
 
 def test_another_tenants_deployment_is_not_found(api):
     _, server, team_a, team_b, _ = api
-    mine = sdk(server, team_a).deployment.create(configuration_id="tiny-v1")
-    wait_for(
-        lambda: sdk(server, team_a).deployment.get(mine.id).status == Status.RUNNING,
-        timeout=60,
-        what="team a's deployment to run",
-    )
+    mine = deploy_running(sdk(server, team_a), "tiny-v1")
     theirs = sdk(server, team_b, group="other")
     with pytest.raises(AIAPINotFoundException):
         theirs.deployment.get(mine.id)
@@ -249,12 +241,7 @@ def test_a_write_that_would_break_the_manifests_changes_nothing(api):
 
 def test_metrics_count_inference_requests(api):
     _, server, team_a, _, _ = api
-    deployment = sdk(server, team_a).deployment.create(configuration_id="tiny-v1")
-    wait_for(
-        lambda: sdk(server, team_a).deployment.get(deployment.id).status == Status.RUNNING,
-        timeout=60,
-        what="the deployment to run",
-    )
+    deployment = deploy_running(sdk(server, team_a), "tiny-v1")
     bearer = {"Authorization": f"Bearer {token(server, team_a)}"}
     for _ in range(3):
         assert request(deployment.deployment_url + "/version", headers=bearer)[0] == 200

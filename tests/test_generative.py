@@ -13,8 +13,15 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import PROJECT, cli
-from tests.engine_support import request, served_host, wait_for
+from tests.conftest import PROJECT, cli, git
+from tests.engine_support import (
+    configuration,
+    deployment,
+    docs,
+    request,
+    served_host,
+    wait_for,
+)
 
 TEMPLATE = (PROJECT / "templates/embeddings-serving.yaml").read_text()
 
@@ -48,34 +55,8 @@ spec:
 
 
 def config(name: str, model: str = "all-minilm-l6-v2", version: str | None = None) -> str:
-    pinned = f'\n    - key: modelVersion\n      value: "{version}"' if version else ""
-    return f"""
-apiVersion: reconciler/v1
-kind: Configuration
-metadata:
-  name: {name}
-spec:
-  executableId: embeddings-serving
-  scenarioId: foundation-models
-  parameterBindings:
-    - key: modelName
-      value: {model}{pinned}
-"""
-
-
-def deployment(name: str, configuration: str) -> str:
-    return f"""
-apiVersion: reconciler/v1
-kind: Deployment
-metadata:
-  name: {name}
-spec:
-  configurationId: {configuration}
-"""
-
-
-def docs(*parts: str) -> str:
-    return "---".join(parts)
+    pinned = {"modelVersion": version} if version else {}
+    return configuration(name, "embeddings-serving", "foundation-models", modelName=model, **pinned)
 
 
 def day(offset: int) -> str:
@@ -119,9 +100,12 @@ def test_latest_resolves_to_the_catalogs_latest_and_pinned_stays(repo):
 
 
 def test_a_configurations_own_binding_wins_over_the_catalog(repo):
-    text = config("own-config").replace(
-        "value: all-minilm-l6-v2",
-        'value: all-minilm-l6-v2\n    - key: normalize\n      value: "false"',
+    text = configuration(
+        "own-config",
+        "embeddings-serving",
+        "foundation-models",
+        modelName="all-minilm-l6-v2",
+        normalize="false",
     )
     root = repo(docs(text, deployment("own-deploy", "own-config")), catalog(latest="1.1"))
     spec = json.loads(cli("render", "own-deploy", "--json", "--root", root).out)["spec"]
@@ -158,6 +142,14 @@ def test_catalog_rules(repo):
     two_latest = catalog(latest="1.0").replace("isLatest: false", "isLatest: true")
     result = cli("validate", "--root", repo(config("fine"), two_latest))
     assert "has 2 versions marked isLatest: mark exactly one" in result.err
+    # A version's serving parameters must be inputs of its (existing) executable.
+    typo = catalog(latest="1.0").replace('{normalize: "false"}', '{normalise: "false"}')
+    result = cli("validate", "--root", repo(config("fine"), typo))
+    assert result.code == 1
+    assert (
+        "/spec/versions/0/parameters/normalise: executable embeddings-serving has no parameter "
+        "'normalise' (did you mean 'normalize'?)"
+    ) in result.err
 
 
 def test_the_vllm_gpu_template_renders_with_gpus_ipc_cache_and_readiness():
@@ -201,14 +193,6 @@ def served(tmp_path: Path, docker_client, embeddings_image):
     yield host, server
     server.stop()
     host.cleanup()
-
-
-def git(root: Path, *args: str) -> None:
-    subprocess.run(
-        ["git", "-C", str(root), "-c", "user.name=t", "-c", "user.email=t@t", *args],
-        check=True,
-        capture_output=True,
-    )
 
 
 def embed(url: str, text: str = "a deployment URL that stays") -> tuple[int, str | None, Any]:

@@ -4,7 +4,6 @@ working tree reader, for a GitOps root at the top of a repository or in a folder
 from __future__ import annotations
 
 import os
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -12,16 +11,7 @@ import pytest
 from reconciler.errors import ManifestError, UserError
 from reconciler.gitsource import read_commit
 from reconciler.sources import read_tree
-from tests.conftest import ECHO_MANIFESTS, ECHO_TEMPLATE, write_tree
-
-
-def git(cwd: Path, *args: str) -> str:
-    return subprocess.run(
-        ["git", "-C", str(cwd), "-c", "user.name=t", "-c", "user.email=t@t", *args],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
+from tests.conftest import ECHO_MANIFESTS, ECHO_TEMPLATE, git, write_tree
 
 
 def repo_with_root_in(tmp_path: Path, sub: str) -> tuple[Path, Path]:

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import cli_process
+from tests.conftest import cli_process, git
 from tests.engine_support import (
     TEST_IMAGE,
     Host,
@@ -98,16 +98,6 @@ def watcher(host: Host, tmp_path: Path) -> Iterator[Callable[..., Watch]]:
     yield start
     for w in started:
         w.kill()
-
-
-def git(root: Path, *args: str) -> str:
-    result = subprocess.run(
-        ["git", "-C", str(root), "-c", "user.name=t", "-c", "user.email=t@t", *args],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return result.stdout.strip()
 
 
 def git_init(root: Path) -> None:
