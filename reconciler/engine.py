@@ -95,6 +95,12 @@ class Engine:
         local = where.startswith("unix://") and not kwargs.get("tls")
         self._socket_path = where[len("unix://") :] if local else None
 
+    @property
+    def local(self) -> bool:
+        """Whether the engine runs on this host (a unix socket): its containers' addresses
+        may then be reachable from here."""
+        return self._socket_path is not None
+
     @classmethod
     def connect(cls, timeout: float = 60) -> Engine:
         """An engine handle; nothing is sent until the first call (which says if it is down)."""

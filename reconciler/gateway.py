@@ -7,7 +7,11 @@ the request and its answer through as bytes, over pooled keep-alive connections.
 that is unknown or not serving gets a table refresh first (at most one per
 `MISS_REFRESH_SECONDS`), so that it answers as soon as reconcile recorded it. A replica that
 refuses the connection (stopped a moment ago) is skipped after a table refresh: the request was
-never received, so sending it again is safe.
+never received, so sending it again is safe. So is one that does not accept the connection
+within `CONNECT_ATTEMPT_SECONDS`: a replica reached at its own address on the bridge
+(reconciler.routes) that was removed a moment ago drops the connection attempt silently, where
+a published port would refuse it; the table is refreshed and the request goes to a replica that
+is still there (or waits again for the same one, still listed: an overloaded server).
 """
 
 from __future__ import annotations
@@ -17,12 +21,16 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 
-from .relay import HOP_BY_HOP, Exchange, request_head
+from .relay import HOP_BY_HOP, Exchange, connect_failure, request_head
 from .routes import Route, RouteTable
 
 PREFIX = "/v2/inference/deployments/"
 _PREFIX = PREFIX.encode()
 CONNECT_ATTEMPTS = 3
+# A connection on this host is accepted within milliseconds; a SYN that got no answer is sent
+# again only after 1 s (TCP's initial retransmission timeout), so waiting longer than this for
+# one attempt only delays the move to a replica that is still there.
+CONNECT_ATTEMPT_SECONDS = 1.0
 MISS_REFRESH_SECONDS = 0.1
 # Besides hop-by-hop headers: the bearer token and resource group are the gateway's business,
 # not the model server's; Host is the replica's.
@@ -96,13 +104,14 @@ class Gateway:
         path = req.target[len(_PREFIX) + len(ex.tag) :]
         if not path.startswith(b"/"):  # "<id>" or "<id>?query"
             path = b"/" + path
+        ex.connect_seconds = CONNECT_ATTEMPT_SECONDS
         ex.forward(target, request_head(req, path, _DROP, host=target.encode()), self.timeout, self)
 
     # Relayed
 
     def connect_failed(self, ex: Exchange, exc: OSError) -> None:
         if ex.attempt >= CONNECT_ATTEMPTS or not ex.replayable:
-            ex.upstream_failed(502, f"model server unreachable: {exc}")
+            ex.upstream_failed(*connect_failure(exc, ex.connect_seconds))
         else:
             ex.attempt += 1
             ex.spawn(self._retry(ex))

@@ -40,6 +40,11 @@ class ObservedContainer:
     status: str  # Docker's human text: "Up 5 minutes", "Exited (1) 3 seconds ago"
     host_ip: str | None
     host_port: int | None
+    container_port: int
+    # The container's own address on its first network with one, and that network's gateway
+    # (the host's end of the bridge): the gateway relays here when the host owns that end.
+    container_ip: str
+    network_gateway: str
     created: int  # unix seconds
     root: str
     revision: str
@@ -111,6 +116,11 @@ def parse_summary(summary: dict[str, Any], port_label_default: int = 8080) -> Ob
         if p.get("PrivatePort") == port and p.get("PublicPort"):
             host_ip, host_port = p.get("IP"), int(p["PublicPort"])
             break
+    container_ip = network_gateway = ""
+    for net in ((summary.get("NetworkSettings") or {}).get("Networks") or {}).values():
+        if net and net.get("IPAddress"):
+            container_ip, network_gateway = net["IPAddress"], net.get("Gateway") or ""
+            break
     names = summary.get("Names") or ["/?"]
     return ObservedContainer(
         id=summary["Id"],
@@ -130,6 +140,9 @@ def parse_summary(summary: dict[str, Any], port_label_default: int = 8080) -> Ob
         status=summary.get("Status", ""),
         host_ip=host_ip,
         host_port=host_port,
+        container_port=port,
+        container_ip=container_ip,
+        network_gateway=network_gateway,
         created=int(summary.get("Created") or 0),
         root=labels.get(L.ROOT, ""),
         revision=labels.get(L.REVISION, ""),

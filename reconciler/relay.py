@@ -199,6 +199,13 @@ def error_response(
     )
 
 
+def connect_failure(exc: OSError, seconds: float) -> tuple[int, str]:
+    """The status and message for a connection to a model server that could not be made."""
+    if isinstance(exc, TimeoutError):
+        return 504, f"model server did not accept a connection within {seconds:g}s"
+    return 502, f"model server unreachable: {exc}"
+
+
 def _plain_response(status: int, text: str) -> bytes:
     body = text.encode()
     phrase = http.HTTPStatus(status).phrase.encode()
@@ -446,11 +453,11 @@ class UpstreamPool:
         if idle and up in idle:
             idle.remove(up)
 
-    async def connect(self, address: str) -> Upstream:
+    async def connect(self, address: str, timeout: float = CONNECT_SECONDS) -> Upstream:
         if address.startswith("unix:"):
             _, up = await asyncio.wait_for(
                 self.loop.create_unix_connection(lambda: Upstream(self, address), address[5:]),
-                CONNECT_SECONDS,
+                timeout,
             )
             return up
         host, _, port = address.rpartition(":")
@@ -458,7 +465,7 @@ class UpstreamPool:
             self.loop.create_connection(
                 lambda: Upstream(self, address), host.strip("[]"), int(port)
             ),
-            CONNECT_SECONDS,
+            timeout,
         )
         return up
 
@@ -506,6 +513,7 @@ class Exchange:
     task: asyncio.Task[None] | None = None
     tag = ""  # the handler's: the gateway's deployment id
     attempt = 1  # the handler's: connection attempts so far
+    connect_seconds = CONNECT_SECONDS  # the handler's: how long one connection attempt may take
 
     def __init__(self, conn: ClientConnection, req: Request) -> None:
         self.conn = conn
@@ -581,18 +589,14 @@ class Exchange:
 
     async def _connect(self) -> None:
         try:
-            up = await self.conn.front.pool.connect(self.address)
-        except (OSError, TimeoutError) as exc:
+            up = await self.conn.front.pool.connect(self.address, self.connect_seconds)
+        except OSError as exc:  # (TimeoutError is one)
             if self.finished:
                 return
-            if isinstance(exc, TimeoutError):
-                self.upstream_failed(
-                    504, f"model server did not accept a connection within {CONNECT_SECONDS:g}s"
-                )
-            elif self.handler is not None:
+            if self.handler is not None:
                 self.handler.connect_failed(self, exc)
             else:
-                self.upstream_failed(502, f"model server unreachable: {exc}")
+                self.upstream_failed(*connect_failure(exc, self.connect_seconds))
             return
         if self.finished:
             up.release()

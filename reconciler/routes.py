@@ -5,11 +5,20 @@ container list), without loading the manifests, so that a refresh costs a few mi
 can run twice a second. Reconcile records an update as RUNNING before it retires the old
 containers, and retires them only after a drain delay longer than the refresh interval: the
 table has moved every client to the new containers before the old ones stop.
+
+A replica is reached at its own address on its Docker network when the engine is local and
+this host owns that network's gateway address (rootful Docker on Linux: the host is the
+bridge's other end), and at its published port otherwise (rootless Docker, Docker Desktop, a
+remote engine, `serve` in a container of its own). The published port goes through
+docker-proxy, a second relay in user space: skipping it saves about 0.2 ms of CPU and two
+wake-ups per request. Docker's own proxy connects to the same address, so a published port that
+works implies a container address that does.
 """
 
 from __future__ import annotations
 
 import itertools
+import socket
 import threading
 import time
 from collections.abc import Mapping
@@ -18,9 +27,9 @@ from pathlib import Path
 from types import MappingProxyType
 
 from .engine import Engine, EngineUnreachable
-from .observe import observe
+from .observe import ObservedContainer, observe
 from .record import read_snapshot, snapshot_path
-from .status import addresses, serving
+from .status import published_address, serving, serving_replicas
 
 
 @dataclass(frozen=True)
@@ -29,7 +38,7 @@ class Route:
     name: str
     resource_group: str
     status: str
-    targets: tuple[str, ...]  # host:port of each serving replica
+    targets: tuple[str, ...]  # host:port of each serving replica (see `relay_targets`)
     _turn: itertools.count = field(  # round-robin position, shared by all requests
         default_factory=itertools.count, compare=False, repr=False
     )
@@ -40,14 +49,43 @@ class Route:
         return self.targets[next(self._turn) % len(self.targets)]
 
 
+def host_owns(address: str) -> bool:
+    """Whether `address` is one of this host's own (binding to it succeeds only then)."""
+    if not address:
+        return False
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            probe.bind((address, 0))
+    except OSError:
+        return False
+    return True
+
+
+def relay_targets(
+    containers: list[ObservedContainer], publish: str, owned_gateways: frozenset[str]
+) -> tuple[str, ...]:
+    """`host:port` of each serving replica, in replica order: its own address where its
+    network's gateway is in `owned_gateways`, else its published one."""
+    return tuple(
+        f"{c.container_ip}:{c.container_port}"
+        if c.container_ip and c.network_gateway in owned_gateways
+        else published_address(c, publish)
+        for c in serving_replicas(containers)
+    )
+
+
 def build_routes(root: Path, instance: str, engine: Engine, publish: str) -> dict[str, Route]:
     snapshot = read_snapshot(root, instance)
-    by_dep = observe(engine, instance, images=False).by_deployment()
+    observed = observe(engine, instance, images=False)
+    by_dep = observed.by_deployment()
+    gateways = {c.network_gateway for c in observed.containers} if engine.local else set()
+    owned = frozenset(g for g in gateways if host_owns(g))
     routes = {}
     for dep_id in set(snapshot.records) | set(by_dep):
         rec = snapshot.records.get(dep_id)
         containers = by_dep.get(dep_id, [])
-        targets = tuple(addresses(serving(rec, containers), publish))
+        targets = relay_targets(serving(rec, containers), publish, owned)
         if rec:
             status = rec.status
             if status == "RUNNING" and not targets:

@@ -48,15 +48,21 @@ def gateway_url(api_url: str, deployment_id: str) -> str:
     return f"{api_url}/v2/inference/deployments/{deployment_id}"
 
 
+def published_address(c: ObservedContainer, publish_address: str) -> str:
+    """`host:port` where the host publishes a container's serving port."""
+    host = c.host_ip or publish_address
+    host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    return f"{host}:{c.host_port}"
+
+
+def serving_replicas(containers: Iterable[ObservedContainer]) -> list[ObservedContainer]:
+    """The running replicas with a published port, in replica order."""
+    return sorted((c for c in containers if c.running and c.host_port), key=lambda c: c.replica)
+
+
 def addresses(containers: Iterable[ObservedContainer], publish_address: str) -> list[str]:
-    """`host:port` of every running replica, in replica order."""
-    out = []
-    for c in sorted(containers, key=lambda c: c.replica):
-        if c.running and c.host_port:
-            host = c.host_ip or publish_address
-            host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
-            out.append(f"{host}:{c.host_port}")
-    return out
+    """The published `host:port` of every running replica, in replica order."""
+    return [published_address(c, publish_address) for c in serving_replicas(containers)]
 
 
 def serving(rec: Record | None, containers: list[ObservedContainer]) -> list[ObservedContainer]:

@@ -15,10 +15,13 @@ import httptools
 import pytest
 import uvloop
 
+from reconciler.engine import Engine
 from reconciler.gateway import Gateway
+from reconciler.observe import observe
 from reconciler.relay import BUFFER_LIMIT, MAX_HEAD_BYTES, HttpFront
-from reconciler.routes import Route
+from reconciler.routes import Route, build_routes, host_owns, relay_targets
 from tests.engine_support import (
+    TEST_IMAGE,
     Server,
     configuration,
     deployment,
@@ -167,6 +170,38 @@ def test_an_update_through_the_gateway_fails_no_request(served):
     versions = [body for _, body in answers]
     switch = versions.index(b"2\n")
     assert set(versions[:switch]) == {b"1\n"} and set(versions[switch:]) == {b"2\n"}
+
+
+def test_replicas_are_reached_at_their_own_address_where_the_host_owns_their_bridge(host):
+    """On a local engine whose bridge ends on this host (rootful Docker on Linux) the gateway
+    skips docker-proxy and relays to each container's own address; elsewhere (rootless Docker,
+    Docker Desktop, a remote engine) to the published port. Both answer."""
+    host.write(docs(configuration("tiny-v1", replicas="2"), deployment("tiny", "tiny-v1")))
+    host.reconcile()
+    inspected = sorted(
+        (host.client.inspect_container(c["Id"]) for c in host.containers()),
+        key=lambda i: int(i["Config"]["Labels"]["reconciler.replica"]),
+    )
+    nets = [next(iter(i["NetworkSettings"]["Networks"].values())) for i in inspected]
+    own = tuple(f"{n['IPAddress']}:8080" for n in nets)
+    published = tuple(
+        f"127.0.0.1:{i['NetworkSettings']['Ports']['8080/tcp'][0]['HostPort']}" for i in inspected
+    )
+    owned = {n["Gateway"] for n in nets if host_owns(n["Gateway"])}
+    engine = Engine.connect()
+
+    (route,) = build_routes(host.root, host.instance, engine, "127.0.0.1").values()
+    assert route.targets == (own if owned else published)
+    containers = list(observe(engine, host.instance, images=False).containers)
+    assert relay_targets(containers, "127.0.0.1", frozenset()) == published
+    for address in own + published:
+        assert request(f"http://{address}/version")[::2] == (200, b"1\n"), address
+
+
+def test_only_the_hosts_own_addresses_count_as_owned():
+    assert host_owns("127.0.0.1")
+    assert not host_owns("192.0.2.1")  # TEST-NET-1: nobody's
+    assert not host_owns("")
 
 
 # --- the relay in-process: a stub routing table and a fake model server on this loop ---------
@@ -577,6 +612,42 @@ def test_a_refused_connection_is_retried_on_a_refreshed_table():
 
     _, table, _ = relay_test(scenario)
     assert table.refreshes == 1
+
+
+def answers(url: str) -> bool:
+    try:
+        return request(url, timeout=1)[0] == 200
+    except OSError:  # not listening yet
+        return False
+
+
+def test_a_replica_removed_a_moment_ago_is_skipped_not_waited_for(docker_client):
+    """A container reached at its own address and then removed by hand leaves an address that
+    swallows connection attempts (nobody is there to refuse them). Until the table notices, a
+    request may pick it: after one short attempt the table is refreshed and the request goes to
+    a replica still there, instead of waiting out a timeout and answering 504."""
+    container = docker_client.create_container(TEST_IMAGE, labels={"reconciler.test": "gone"})
+    try:
+        docker_client.start(container)
+        nets = docker_client.inspect_container(container)["NetworkSettings"]["Networks"]
+        gone = f"{next(iter(nets.values()))['IPAddress']}:8080"
+        # talked to, as the gateway had: the host knows the address's link layer
+        wait_for(lambda: answers(f"http://{gone}/version"), what=gone)
+    finally:
+        docker_client.remove_container(container, force=True)
+
+    async def scenario(model, table, front, port):
+        table.routes[DEP] = route(gone, model.address)  # the first pick is the removed one
+        table.on_refresh = lambda: table.routes.update({DEP: route(model.address)})
+        r, w = await connect(port)
+        w.write(get("/echo"))
+        status, _, body, _ = await read_response(r)
+        assert (status, body) == (200, b"conn=1 GET /echo\n")
+        w.close()
+
+    _, table, observed = relay_test(scenario)
+    assert table.refreshes == 1
+    assert observed == [(DEP, 200, True)]
 
 
 def test_errors_are_ai_api_errors():
