@@ -31,6 +31,7 @@ CONNECT_ATTEMPTS = 3
 # again only after 1 s (TCP's initial retransmission timeout), so waiting longer than this for
 # one attempt only delays the move to a replica that is still there.
 CONNECT_ATTEMPT_SECONDS = 1.0
+MAX_MEMO = 16  # upstream heads kept per request head (one per replica address)
 MISS_REFRESH_SECONDS = 0.1
 # Besides hop-by-hop headers: the bearer token and resource group are the gateway's business,
 # not the model server's; Host is the replica's.
@@ -100,12 +101,20 @@ class Gateway:
 
     def _forward(self, ex: Exchange, target: str) -> None:
         req = ex.req
-        # Everything after the deployment id, as the caller sent it (no decoding, no quoting).
-        path = req.target[len(_PREFIX) + len(ex.tag) :]
-        if not path.startswith(b"/"):  # "<id>" or "<id>?query"
-            path = b"/" + path
+        # The head for this replica, made once per request head (a repeated head brings its
+        # Request back: see relay.Request.memo).
+        head = req.memo.get(target)
+        if head is None:
+            # Everything after the deployment id, as the caller sent it (no decoding, no
+            # quoting).
+            path = req.target[len(_PREFIX) + len(ex.tag) :]
+            if not path.startswith(b"/"):  # "<id>" or "<id>?query"
+                path = b"/" + path
+            if len(req.memo) >= MAX_MEMO:  # replicas replaced over a long-lived connection
+                req.memo.clear()
+            head = req.memo[target] = request_head(req, path, _DROP, host=target.encode())
         ex.connect_seconds = CONNECT_ATTEMPT_SECONDS
-        ex.forward(target, request_head(req, path, _DROP, host=target.encode()), self.timeout, self)
+        ex.forward(target, head, self.timeout, self)
 
     # Relayed
 

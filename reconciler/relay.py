@@ -117,6 +117,7 @@ class Request:
         "headers",
         "keep_alive",
         "length",
+        "memo",
         "method",
         "path",
         "peer",
@@ -150,6 +151,23 @@ class Request:
         cl = fields.get(b"content-length")
         self.length = int(cl) if cl is not None and not self.chunked else 0
         self.expect_continue = fields.get(b"expect", b"").lower() == b"100-continue"
+        # A connection hands the same Request to every request whose head is byte for byte
+        # this one (see `ClientConnection._repeat`): what a handler derives from the head
+        # alone (the upstream head, say) may be kept here, for the next time.
+        self.memo: dict[Any, Any] = {}
+
+    @property
+    def repeatable(self) -> bool:
+        """Whether a byte-identical head may skip parsing next time: the plain case, a body
+        of known, buffered size on a kept-alive HTTP/1.1 connection."""
+        return (
+            self.version == b"1.1"
+            and self.keep_alive
+            and not self.chunked
+            and not self.expect_continue
+            and self.length <= BUFFER_LIMIT
+            and b"upgrade" not in self.fields
+        )
 
     def decoded_path(self) -> str:
         """The path as ASGI's scope["path"] has it (percent-decoded), for error bodies."""
@@ -859,6 +877,11 @@ class ClientConnection(asyncio.Protocol):
         self._url = b""
         self._headers: list[tuple[bytes, bytes, bytes]] = []
         self._fields: dict[bytes, bytes] = {}
+        # Heads parsed before on this connection, for `_repeat`; and the parser's count of
+        # requests begun and its last Request, to tell a read that held exactly one request.
+        self._seen: dict[bytes, Request] = {}
+        self._begun = 0
+        self._last: Request | None = None
 
     # asyncio callbacks
 
@@ -878,6 +901,13 @@ class ClientConnection(asyncio.Protocol):
         if self.closed:
             return
         self.last_activity = self.loop.time()
+        # Between requests: nothing answered, nothing half-read.
+        between = (
+            self.active is None and self.incoming is None and not self._in_head and not self.waiting
+        )
+        if between and self._seen and self._repeat(data):
+            return
+        begun = self._begun
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -907,6 +937,46 @@ class ClientConnection(asyncio.Protocol):
                 if self.active is None:
                     self.write(_plain_response(431, "Request header fields too large\n"))
                 self.close()
+        elif between and self._begun == begun + 1 and self.incoming is None:
+            self._remember(data)
+
+    # Repeated requests. Clients send the same request head again and again on a connection
+    # (the same prediction endpoint, token and content type; only bodies differ, and often not
+    # their length). Parsing it anew is most of the relay's work per request, and at one client
+    # the relay runs with cold caches (the model server's work in between evicts them), where
+    # every callback and object costs many times its warm price. So a head that llhttp parsed
+    # once is kept, and a read that holds that very head, byte for byte, and a body of its
+    # Content-Length, exactly, reuses the Request: llhttp, in the same state (between
+    # requests), would parse those bytes the same way. Anything else goes to llhttp.
+
+    MAX_SEEN = 2  # heads kept per connection
+    MAX_SEEN_BYTES = 4096  # only heads this small are kept
+
+    def _repeat(self, data: bytes) -> bool:
+        end = data.find(b"\r\n\r\n") + 4
+        req = self._seen.get(data[:end]) if end >= 4 else None
+        if req is None or len(data) - end != req.length:
+            return False
+        ex = Exchange(self, req)
+        if req.length:
+            ex.body.append(data[end:])
+            ex.body_done = True
+        self._start(ex)
+        return True
+
+    def _remember(self, data: bytes) -> None:
+        """`data` held exactly one whole request, from its first byte: its head is `data` but
+        its body, if that ends at the first blank line (the head llhttp read)."""
+        req = self._last
+        if req is None or not req.repeatable:
+            return
+        size = len(data) - req.length
+        head = data[:size]
+        if not 4 <= size <= self.MAX_SEEN_BYTES or head.find(b"\r\n\r\n") != size - 4:
+            return
+        if len(self._seen) >= self.MAX_SEEN:
+            self._seen.clear()
+        self._seen[head] = req
 
     def pause_writing(self) -> None:
         self.write_paused = True
@@ -923,6 +993,7 @@ class ClientConnection(asyncio.Protocol):
     # httptools callbacks
 
     def on_message_begin(self) -> None:
+        self._begun += 1
         self._in_head = True
         self._head_bytes = self._raw_head = 0
 
@@ -953,6 +1024,7 @@ class ClientConnection(asyncio.Protocol):
         self._url = b""
         self._headers = []
         self._fields = {}
+        self._last = req
         ex = Exchange(self, req)
         self.incoming = ex
         if self.closed:

@@ -376,7 +376,11 @@ Scenario = Callable[[FakeModel, StubTable, HttpFront, int], Awaitable[None]]
 
 
 def relay_test(
-    scenario: Scenario, timeout: float = 5.0, routes: int = 1, max_connections: int = 100
+    scenario: Scenario,
+    timeout: float = 5.0,
+    routes: int = 1,
+    max_connections: int = 100,
+    authorize: Callable | None = None,
 ) -> tuple:
     """Run `scenario` against a gateway front (on uvloop, as `serve` runs) whose one deployment
     DEP is served by a FakeModel; returns the model, the table and the observed metrics."""
@@ -389,6 +393,7 @@ def relay_test(
         gateway = Gateway(
             table,  # type: ignore[arg-type]
             timeout=timeout,
+            authorize=authorize,
             observe=lambda dep, _s, code, ok: observed.append((dep, code, ok)),
         )
         front = HttpFront(
@@ -449,6 +454,70 @@ def test_pipelined_requests_are_answered_in_order():
         w.close()
 
     relay_test(scenario)
+
+
+def post(path: str, body: bytes) -> bytes:
+    return (
+        f"POST /v2/inference/deployments/{DEP}{path} HTTP/1.1\r\nHost: gw\r\n"
+        f"Authorization: Bearer t\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+
+
+def test_a_repeated_request_is_still_checked_and_routed_every_time():
+    """A request head seen before on the connection is not parsed again; the gateway still
+    decides about every request: the caller's check, and the replica it goes to."""
+    refusal: list[tuple[int, str]] = []
+
+    async def scenario(model, table, front, port):
+        other = FakeModel()
+        await other.start()
+        try:
+            r, w = await connect(port)
+            same = post("/echo", b"same body")
+            for _ in range(3):
+                w.write(same)
+                assert (await read_response(r))[::2] == (200, b"conn=1 POST /echo\nsame body")
+            table.routes[DEP] = route(other.address)  # a new replica
+            w.write(same)
+            assert (await read_response(r))[::2] == (200, b"conn=1 POST /echo\nsame body")
+            refusal.append((401, "the token has expired"))  # the caller's token expired
+            w.write(same)
+            status, _, body, _ = await read_response(r)
+            assert status == 401 and json.loads(body)["error"]["message"] == refusal[0][1]
+            w.close()
+            ((_, _, headers, _),) = other.requests
+            assert headers[b"host"] == other.address.encode()  # the head made for this replica
+        finally:
+            await other.stop()
+
+    model, _, observed = relay_test(
+        scenario, authorize=lambda fields, route: refusal[0] if refusal else None
+    )
+    assert len(model.requests) == 3
+    assert [code for _, code, _ in observed] == [200, 200, 200, 200]  # (refused: not relayed)
+
+
+def test_a_repeated_head_with_a_body_in_pieces_or_another_request_behind_is_parsed():
+    """Only a read that holds exactly the repeated head and its body skips parsing: a body in
+    two reads, or two requests in one, go through the parser and are answered as sent."""
+
+    async def scenario(model, table, front, port):
+        r, w = await connect(port)
+        same = post("/echo", b"0123456789")
+        w.write(same)
+        assert (await read_response(r))[2] == b"conn=1 POST /echo\n0123456789"
+        w.write(same[:-4])  # the body's end comes later
+        await w.drain()
+        await asyncio.sleep(0.05)
+        w.write(same[-4:])
+        assert (await read_response(r))[2] == b"conn=1 POST /echo\n0123456789"
+        w.write(same + same + post("/echo?n=3", b"x"))  # three in one read
+        for body in (b"POST /echo\n0123456789",) * 2 + (b"POST /echo?n=3\nx",):
+            assert (await read_response(r))[2] == b"conn=1 " + body
+        w.close()
+
+    model, _, _ = relay_test(scenario)
+    assert len(model.requests) == 5
 
 
 def test_the_callers_token_resource_group_and_hop_by_hop_headers_stay_here():
