@@ -23,6 +23,10 @@ throughput at 1 client. How:
   request would cost as much as the rest of the relay. Python runs cold between requests, so
   every call on the path counts several times over: fields most requests never change are
   class attributes, and metrics are recorded in batches (see `Gateway.flush_metrics`).
+* A request head that a client sends again, byte for byte, on its connection (SDKs and load
+  generators do: same path, token, content type) is not parsed again: its Request is reused
+  (`ClientConnection._repeat`), and handlers keep what they derive from the head in
+  `Request.memo`. Every request is still checked, routed and relayed on its own.
 * Whoever handles a request (a `Dispatch`: the gateway, or the AI API's relay) gets an
   `Exchange` and either refuses it (`Exchange.refuse`: an AI API error body) or forwards it
   (`Exchange.forward`), possibly later, from a task.
