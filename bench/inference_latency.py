@@ -247,15 +247,19 @@ def python_load(
     for t in threads:
         t.join()
     elapsed = time.perf_counter() - started
-    done = sorted(x for mine in latencies for x in mine)
+    return summarize([x for mine in latencies for x in mine], failures, elapsed, "")
+
+
+def summarize(latencies: list[float], failures: list[str], elapsed: float, what: str) -> Result:
+    """p50/p99 (ms), throughput and failures of one load run's latencies (seconds)."""
+    done = sorted(latencies)
     if not done:
-        raise RuntimeError(f"no request answered: {', '.join(sorted(set(failures)))}")
+        raise RuntimeError(f"{what}no request answered: {', '.join(sorted(set(failures)))}")
 
     def pct(q: float) -> float:
         return done[min(len(done) - 1, round(q * (len(done) - 1)))] * 1000
 
-    kinds = sorted(set(failures))
-    text = ", ".join(f"{failures.count(k)} {k}" for k in kinds)
+    text = ", ".join(f"{failures.count(k)} {k}" for k in sorted(set(failures)))
     return Result(pct(0.50), pct(0.99), len(done) / elapsed, len(done), len(failures), text)
 
 
@@ -351,18 +355,10 @@ def interleaved_load(
                 if turn == gw:
                     around = (mine[before][1] + mine[after][1]) / 2
                     added.append((latency - around) * 1000)
-    out = {}
-    for route, times in samples.items():
-        done = sorted(times)
-        if not done:
-            raise RuntimeError(f"{route}: no request answered")
-
-        def pct(q: float, done: list[float] = done) -> float:
-            return done[min(len(done) - 1, round(q * (len(done) - 1)))] * 1000
-
-        bad = failures[route]
-        text = ", ".join(f"{bad.count(k)} {k}" for k in sorted(set(bad)))
-        out[route] = Result(pct(0.50), pct(0.99), len(done) / elapsed, len(done), len(bad), text)
+    out = {
+        route: summarize(times, failures[route], elapsed, f"{route}: ")
+        for route, times in samples.items()
+    }
     if not added:
         return Interleaved(out, 0.0, 0.0, 0)
     return Interleaved(out, statistics.median(added), statistics.mean(added), len(added))
