@@ -40,7 +40,7 @@ from .errors import ManifestError, UserError
 from .kinds import Deployment
 from .observe import observe
 from .plan import DEAD_RETENTION
-from .record import parse_iso, read_snapshot
+from .record import FileVersion, file_version, parse_iso, read_snapshot
 from .sources import yaml_paths
 from .status import deployment_statuses
 from .writeback import API_FOLDER, WriteBack, Written
@@ -169,17 +169,16 @@ class ApiContext:
         self.api_url = api_url
         self.writeback = WriteBack(root)
         self._lock = threading.Lock()
-        self._stamp: tuple[tuple[str, int, int], ...] | None = None
+        self._stamp: tuple[tuple[str, FileVersion | None], ...] | None = None
         self._state: DesiredState | None = None
         self.problems: tuple[str, ...] = ()
 
-    def _files_stamp(self) -> tuple[tuple[str, int, int], ...]:
-        """Which manifest files exist, and when each last changed: a cheap change detector."""
+    def _files_stamp(self) -> tuple[tuple[str, FileVersion | None], ...]:
+        """Which manifest files exist, and which version of each: a cheap change detector."""
         out = []
         for path in yaml_paths(self.root):
-            with contextlib.suppress(OSError):  # removed meanwhile: the next look sees it
-                st = path.stat()
-                out.append((str(path), st.st_mtime_ns, st.st_size))
+            with contextlib.suppress(OSError):  # unreadable: the next look sees it again
+                out.append((str(path), file_version(path)))
         return tuple(out)
 
     def state(self) -> DesiredState:

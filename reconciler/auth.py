@@ -25,7 +25,7 @@ from typing import Any
 import jwt
 
 from .errors import UserError
-from .record import write_atomic
+from .record import file_version, write_atomic
 
 TOKEN_SECONDS = 12 * 3600  # as XSUAA; SAP's SDK refreshes a token that has < 60 min left
 ISSUER = "reconciler"
@@ -112,12 +112,11 @@ class Credentials:
         return self.path.exists()
 
     def reload(self) -> None:
-        try:
-            st = self.path.stat()
-        except FileNotFoundError:
+        version = file_version(self.path)
+        if version is None:
             self._key, self.clients, self._stamp = b"", {}, None
             return
-        if (st.st_mtime_ns, st.st_size) == self._stamp:
+        if version == self._stamp:
             return
         self._verified = {}
         try:
@@ -138,7 +137,7 @@ class Credentials:
                 f"credentials file {self.path} is unreadable ({exc}): restore it, or delete it "
                 "and add the clients again"
             ) from None
-        self._stamp = (st.st_mtime_ns, st.st_size)
+        self._stamp = version
 
     def _save(self) -> None:
         if not self._key:
@@ -150,8 +149,7 @@ class Credentials:
         }
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         write_atomic(self.path, json.dumps(data, indent=2) + "\n", mode=0o600)
-        st = self.path.stat()
-        self._stamp = (st.st_mtime_ns, st.st_size)
+        self._stamp = file_version(self.path)
         self._verified = {}
 
     # -- management -------------------------------------------------------------------------

@@ -149,6 +149,22 @@ def read_snapshot(root: Path, instance: str) -> Snapshot:
     return Snapshot(instance, records, tuple(data.get("history") or ()), data.get("revision"))
 
 
+FileVersion = tuple[int, int, int]
+
+
+def file_version(path: Path) -> FileVersion | None:
+    """What tells one version of a file from the next (None when there is no file): its inode,
+    since `write_atomic` renames a new file into place, with its modification time and size.
+    Time and size alone are not enough: file times come from a clock that moves every few
+    milliseconds, and two snapshots of the same size written within one tick (a deployment's
+    PENDING, then RUNNING) would look like one."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
 def write_atomic(path: Path, text: str, mode: int = 0o644) -> None:
     """Write via a temp file in the same folder and rename: readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
