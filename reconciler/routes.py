@@ -28,7 +28,7 @@ from types import MappingProxyType
 
 from .engine import Engine, EngineUnreachable
 from .observe import ObservedContainer, observe
-from .record import read_snapshot, snapshot_path
+from .record import FileVersion, file_version, read_snapshot, snapshot_path
 from .status import published_address, serving, serving_replicas
 
 
@@ -109,7 +109,7 @@ class RouteTable:
         self.problem: str | None = None  # why the last refresh failed (engine down)
         self._refresh_lock = threading.Lock()
         self._refreshed_at = 0.0
-        self._stamp: tuple[int, int] | None = None  # the snapshot file read last
+        self._stamp: FileVersion | None = None  # the snapshot file read last
 
     def get(self, deployment_id: str) -> Route | None:
         return self._routes.get(deployment_id)
@@ -118,33 +118,40 @@ class RouteTable:
         """Refresh if the snapshot changed since the last refresh, or that is `seconds` old.
         A request for a deployment that is unknown or not serving asks for this, so that a
         deployment answers as soon as reconcile recorded it, while a flood of such requests
-        costs at most one refresh per period."""
-        if (
-            self._snapshot_stamp() != self._stamp
-            or time.monotonic() - self._refreshed_at >= seconds
-        ):
-            self.refresh()
+        costs at most one refresh per period.
 
-    def _snapshot_stamp(self) -> tuple[int, int] | None:
+        Checked under the refresh lock: a refresh under way stamps itself before it reads, so
+        without waiting for it a request would find the table "fresh" while it still holds the
+        routes from before (right after a reconcile: 503 PENDING for a RUNNING deployment)."""
+        with self._refresh_lock:
+            if (
+                self._snapshot_stamp() != self._stamp
+                or time.monotonic() - self._refreshed_at >= seconds
+            ):
+                self._refresh()
+
+    def _snapshot_stamp(self) -> FileVersion | None:
         try:
-            st = snapshot_path(self.root).stat()
+            return file_version(snapshot_path(self.root))
         except OSError:
             return None
-        return st.st_mtime_ns, st.st_size
 
     def refresh(self) -> None:
         """Re-read snapshot and containers (blocking: run it in a worker thread)."""
         with self._refresh_lock:
-            self._refreshed_at = time.monotonic()
-            self._stamp = self._snapshot_stamp()
-            try:
-                fresh = build_routes(self.root, self.instance, self.engine, self.publish)
-            except EngineUnreachable as exc:
-                self.problem = str(exc)
-                return
-            old = self._routes
-            # Keep each route's round-robin position when nothing about it changed.
-            self._routes = MappingProxyType(
-                {k: old[k] if old.get(k) == v else v for k, v in fresh.items()}
-            )
-            self.problem = None
+            self._refresh()
+
+    def _refresh(self) -> None:
+        self._refreshed_at = time.monotonic()
+        self._stamp = self._snapshot_stamp()
+        try:
+            fresh = build_routes(self.root, self.instance, self.engine, self.publish)
+        except EngineUnreachable as exc:
+            self.problem = str(exc)
+            return
+        old = self._routes
+        # Keep each route's round-robin position when nothing about it changed.
+        self._routes = MappingProxyType(
+            {k: old[k] if old.get(k) == v else v for k, v in fresh.items()}
+        )
+        self.problem = None
