@@ -24,7 +24,7 @@ from .health import http_ready, tcp_ready
 from .observe import ObservedContainer
 from .plan import Action, Change, Pending, Plan
 from .record import Record, Recorder, iso, now
-from .spec import HASH_VERSION, ContainerSpec
+from .spec import ContainerSpec, Identity
 
 STATUS_MESSAGE_LIMIT = 256  # AI Core's statusMessage length
 LOG_LINES_KEPT = 50
@@ -252,7 +252,8 @@ class Applier:
             self._retire(change.retire, change.desired.spec)
         spec = change.desired.spec
         image_id = self._ensure_image(spec)
-        config_hash = spec.config_hash(image_id)
+        assert change.hashing is not None
+        config_hash = spec.identity(image_id, change.hashing).config_hash
         if config_hash != change.config_hash:  # the image was pulled just now
             change = replace(change, config_hash=config_hash, image_id=image_id)
         created = self._create_all(change, image_id)
@@ -305,7 +306,9 @@ class Applier:
 
     def _create_all(self, change: Change, image_id: str) -> list[str]:
         assert change.desired is not None and change.config_hash is not None
+        assert change.hashing is not None
         d, spec = change.desired, change.desired.spec
+        identity = spec.identity(image_id, change.hashing)  # the labels' format and digests
         if spec.model_path and not os.path.exists(spec.model_path):
             raise _Failed(
                 f"model artifact {spec.model_uri} not found on this host ({spec.model_path})"
@@ -314,7 +317,9 @@ class Applier:
         try:
             for n, replica in enumerate(change.create):
                 gpu_ids = change.gpus[n * spec.gpus : (n + 1) * spec.gpus] if change.gpus else ()
-                created.append(self._create(d, replica, change.config_hash, image_id, gpu_ids))
+                created.append(
+                    self._create(d, replica, change.config_hash, identity, image_id, gpu_ids)
+                )
         except _Failed:
             for cid in created:
                 self.engine.remove(cid)
@@ -326,6 +331,7 @@ class Applier:
         d: DesiredDeployment,
         replica: int,
         config_hash: str,
+        identity: Identity,
         image_id: str,
         gpu_ids: tuple[str, ...],
     ) -> str:
@@ -345,9 +351,9 @@ class Applier:
                 L.CONFIGURATION_ID: d.configuration.id,
                 L.REPLICA: str(replica),
                 L.CONFIG_HASH: config_hash,
-                L.HASH_VERSION: HASH_VERSION,
+                L.HASH_VERSION: identity.version,
                 L.IMAGE_ID: image_id,
-                L.FIELDS: json.dumps(spec.field_digests(), sort_keys=True, separators=(",", ":")),
+                L.FIELDS: json.dumps(dict(identity.digests), sort_keys=True, separators=(",", ":")),
                 L.RESOURCES: json.dumps(spec.resources(), sort_keys=True, separators=(",", ":")),
                 L.GPUS: ",".join(gpu_ids),
                 L.PORT: str(spec.port),

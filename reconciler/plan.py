@@ -33,7 +33,7 @@ from .desired import DesiredDeployment, DesiredState
 from .errors import Problem, UserError
 from .observe import Observed, ObservedContainer
 from .record import Record, Snapshot, iso, parse_iso
-from .spec import HASH_VERSION
+from .spec import UNSEALED, UNSEALED_HASH_VERSION, Hashing, Identity
 
 FORMAT_VERSION = 1
 DEAD_RETENTION = timedelta(days=7)
@@ -88,6 +88,7 @@ class Change:
     expire: bool = False  # a ttl deletion: remembered so the name is not recreated
     note: str | None = None  # with expire: the statusMessage the deletion leaves
     restore: int = 0  # a drift restore: its number in the current crash-loop window
+    hashing: Hashing | None = None  # the label format of new containers (see _hashing_for)
 
     @property
     def symbol(self) -> str:
@@ -174,7 +175,10 @@ def plan(
     now: datetime,
     allow_empty: bool = False,
     revision: str | None = None,
+    *,
+    hashing: Hashing,
 ) -> Plan:
+    """`hashing`: how secret values are sealed in hashes (the instance's key)."""
     root = str(desired.repo.root)
     foreign = [c for c in observed.containers if c.root and c.root != root]
     if foreign:
@@ -193,10 +197,11 @@ def plan(
     for d in desired.deployments:
         containers = by_dep.get(d.id, [])
         image_id = observed.image_id(d.spec.image)
-        hashes[d.id] = d.spec.config_hash(image_id)
-        outcome = _plan_deployment(
-            d, snapshot.records.get(d.id), containers, image_id, hashes[d.id], now
-        )
+        rec = snapshot.records.get(d.id)
+        known = _identities(d, image_id, hashing)
+        chosen = _hashing_for(d, image_id, hashing, known, containers, rec)
+        hashes[d.id] = d.spec.identity(image_id, chosen).config_hash
+        outcome = _plan_deployment(d, rec, containers, image_id, known, chosen, now)
         problems += outcome.problems
         warnings += outcome.warnings
         notice = retirement_notice(d, now, desired.repo.settings.retirement_warning_days)
@@ -246,15 +251,53 @@ class _Outcome:
     wait: Deadline | None = None  # a deferred restore
 
 
+def _identities(
+    d: DesiredDeployment, image_id: str | None, hashing: Hashing
+) -> tuple[Identity, ...]:
+    """The identities a container of this spec may carry: the sealed one, and for a spec with
+    secret values the unsealed one of earlier releases (computed here, never written anew)."""
+    sealed = d.spec.identity(image_id, hashing)
+    if sealed.version == UNSEALED_HASH_VERSION:
+        return (sealed,)
+    return sealed, d.spec.identity(image_id, UNSEALED)
+
+
+def _hashing_for(
+    d: DesiredDeployment,
+    image_id: str | None,
+    hashing: Hashing,
+    known: tuple[Identity, ...],
+    containers: list[ObservedContainer],
+    rec: Record | None,
+) -> Hashing:
+    """The format this deployment is planned in. A deployment with secret values whose
+    containers (or failed attempt) an earlier release labelled unsealed keeps that format
+    while they match: upgrading then replaces no container, settles nothing and retries no
+    failed configuration, and the hash written is the one those labels and that record hold
+    already. Its next configuration change brings the sealed format."""
+    if len(known) < 2:
+        return hashing
+    unsealed = known[1]
+    kept = any(
+        c.hash_version == UNSEALED_HASH_VERSION and _is_current(c, (unsealed,), image_id)
+        for c in containers
+    )
+    if kept or (rec is not None and rec.failed_hash == unsealed.config_hash):
+        return UNSEALED
+    return hashing
+
+
 def _plan_deployment(
     d: DesiredDeployment,
     rec: Record | None,
     containers: list[ObservedContainer],
     image_id: str | None,
-    config_hash: str,
+    known: tuple[Identity, ...],
+    hashing: Hashing,
     now: datetime,
 ) -> _Outcome:
     dep, spec = d.deployment, d.spec
+    config_hash = spec.identity(image_id, hashing).config_hash
     base = {
         "deployment_id": d.id,
         "name": d.name,
@@ -262,6 +305,7 @@ def _plan_deployment(
         "desired": d,
         "config_hash": config_hash,
         "image_id": image_id,
+        "hashing": hashing,
     }
     # ttl: counted from creation; an expired deployment is gone for good under this name.
     if rec and rec.expired:
@@ -339,7 +383,7 @@ def _plan_deployment(
             )
         )
 
-    current = [c for c in containers if _is_current(c, config_hash, d, image_id)]
+    current = [c for c in containers if _is_current(c, known, image_id)]
     stale = [c for c in containers if c not in current]
     if rec and rec.status == "DEAD" and rec.failed_hash == config_hash and not current:
         return _Outcome(
@@ -411,7 +455,7 @@ def _plan_deployment(
     restore = False  # containers died or vanished outside the reconciler: a drift restore
     if stale and not keep:
         action = Action.REPLACE
-        fields = _changed_fields(stale, d)
+        fields = _changed_fields(stale, known)
         causes.append(_config_cause(stale, d, fields, image_id, rec))
     elif not containers:
         action = Action.CREATE
@@ -550,17 +594,18 @@ def _rule_problems(d: DesiredDeployment, rec: Record | None, now: datetime) -> l
     return []
 
 
-def _is_current(
-    c: ObservedContainer, config_hash: str, d: DesiredDeployment, image_id: str | None
-) -> bool:
-    if c.hash_version == HASH_VERSION and c.config_hash == config_hash:
-        return True
-    # Image not on the host (cannot compare content), or a container from another hash
-    # version: the same identity fields are the same container, not a reason to recreate.
-    same_fields = dict(c.fields) == d.spec.field_digests()
-    if image_id is None:
-        return same_fields
-    return c.hash_version != HASH_VERSION and same_fields and c.image_id == image_id
+def _is_current(c: ObservedContainer, known: tuple[Identity, ...], image_id: str | None) -> bool:
+    """Whether `c` was made from this spec, judged in the hash format its labels carry."""
+    mine = next((i for i in known if i.version == c.hash_version), None)
+    if mine is not None:
+        if c.config_hash == mine.config_hash:
+            return True
+        # Image not on the host (cannot compare content): the same identity fields are the
+        # same container, not a reason to recreate.
+        return image_id is None and dict(c.fields) == dict(mine.digests)
+    # A container from another hash version: the same identity fields (and image content).
+    same_fields = any(dict(c.fields) == dict(i.digests) for i in known)
+    return same_fields and (image_id is None or c.image_id == image_id)
 
 
 def _resources(c: ObservedContainer, rec: Record | None) -> dict[str, Any]:
@@ -568,8 +613,10 @@ def _resources(c: ObservedContainer, rec: Record | None) -> dict[str, Any]:
     return dict(applied or c.resources)
 
 
-def _changed_fields(stale: list[ObservedContainer], d: DesiredDeployment) -> tuple[str, ...]:
-    old, new = dict(stale[0].fields), d.spec.field_digests()
+def _changed_fields(stale: list[ObservedContainer], known: tuple[Identity, ...]) -> tuple[str, ...]:
+    # Compared in the old container's own format: an unsealed secret is not a change by itself.
+    mine = next((i for i in known if i.version == stale[0].hash_version), known[0])
+    old, new = dict(stale[0].fields), dict(mine.digests)
     return tuple(k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k))
 
 

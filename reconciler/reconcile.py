@@ -2,11 +2,12 @@
 
 The core function shared by the command line (`plan`, `reconcile`, `apply`), the server and
 the watch loop. Nothing on the host changes unless the manifests load, validate and
-plan without a problem.
+plan without a problem, and the state folder can be written (a pass must be recorded).
 """
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections.abc import Callable
@@ -20,8 +21,20 @@ from .errors import ManifestError
 from .gitsource import read_commit
 from .observe import Observed, observe
 from .plan import Plan, plan
-from .record import Recorder, Snapshot, instance_lock, iso, now, read_snapshot, write_snapshot
+from .record import (
+    Recorder,
+    Snapshot,
+    check_state_writable,
+    instance_lock,
+    iso,
+    label_key,
+    now,
+    read_snapshot,
+    write_snapshot,
+)
 from .revision import working_tree_revision
+from .sources import check_root
+from .spec import Hashing
 
 
 @dataclass(frozen=True)
@@ -64,8 +77,15 @@ def preview(
     engine = engine or Engine.connect()
     snapshot = read_snapshot(root, desired.repo.instance)
     observed = observe(engine, desired.repo.instance)
-    the_plan = plan(desired, observed, snapshot, now(), allow_empty, revision)
+    hashing = instance_hashing(desired.repo.instance)
+    the_plan = plan(desired, observed, snapshot, now(), allow_empty, revision, hashing=hashing)
     return Preview(desired, observed, snapshot, the_plan)
+
+
+def instance_hashing(instance: str) -> Hashing:
+    """Seals secret values with the instance's key, read (or made) once, when first needed:
+    a repository without secret values never makes one."""
+    return Hashing(functools.cache(lambda: label_key(instance)))
 
 
 def reconcile(
@@ -85,6 +105,9 @@ def reconcile(
     reuse a handle (watch keeps one, so that it can tell its own actions' Docker events)."""
     started = time.monotonic()
     started_at = iso(now())
+    if revision is None:  # (committed manifests: the working tree may lack the folders)
+        check_root(root)  # before anything is made under a mistyped --root
+    check_state_writable(root)
     with instance_lock(root, wait=lock_wait):
         engine = engine or Engine.connect()
         view = preview(root, engine, allow_empty, revision)

@@ -13,6 +13,8 @@ import contextlib
 import fcntl
 import json
 import os
+import secrets
+import stat
 import tempfile
 import threading
 import time
@@ -29,6 +31,7 @@ STATE_DIR = "state"
 SNAPSHOT = "snapshot.json"
 LOCK = ".lock"
 HISTORY_LENGTH = 20
+LABEL_KEY = "label-key"
 
 
 def now() -> datetime:
@@ -138,6 +141,8 @@ def read_snapshot(root: Path, instance: str) -> Snapshot:
         data = json.loads(path.read_text())
     except FileNotFoundError:
         return Snapshot(instance, {})
+    except NotADirectoryError:
+        raise UserError(f"{path.parent} is not a folder: {_STATE_FIX}") from None
     except (OSError, ValueError) as exc:
         raise UserError(
             f"{path} is unreadable ({exc}): restore it from git or delete it "
@@ -182,9 +187,62 @@ def write_atomic(path: Path, text: str, mode: int = 0o644) -> None:
         raise
 
 
+# What to do about state that cannot be read or written, said the same way everywhere.
+_STATE_FIX = (
+    "the reconciler keeps its state in that folder: make it a writable folder (move a file or "
+    "link of that name away, free space), then run again"
+)
+
+
+def _why(exc: OSError) -> str:
+    return exc.strerror or str(exc)
+
+
 def write_snapshot(root: Path, snapshot: Snapshot) -> None:
+    """Write the snapshot; a failure (a full disk) is one line saying what it means."""
     text = json.dumps(snapshot.to_json(), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
-    write_atomic(snapshot_path(root), text)
+    path = snapshot_path(root)
+    try:
+        write_atomic(path, text)
+    except OSError as exc:
+        raise UserError(
+            f"cannot write {path} ({_why(exc)}): what this pass changed on the host may be "
+            f"unrecorded; fix {path.parent} (free space, make it a writable folder) and run "
+            "reconcile again, which records it from the containers"
+        ) from None
+
+
+_PROBE_SLACK = 64 * 1024  # a snapshot grows by a few KiB per deployment and pass
+
+
+def check_state_writable(root: Path) -> None:
+    """Fail before anything changes on the host when the state cannot be written: a pass that
+    replaced containers without recording it leaves a snapshot that tells a wrong story (and a
+    failed write mid-pass could only say so afterwards). Creates and removes a probe as large
+    as the snapshot is now, plus room to grow, so that a nearly full disk is caught too."""
+    folder = root / STATE_DIR
+    if os.path.lexists(folder) and not folder.is_dir():
+        what = "a link to a missing folder" if folder.is_symlink() else "not a folder"
+        raise UserError(f"the state folder {folder} is {what}; nothing was changed: {_STATE_FIX}")
+    try:
+        size = snapshot_path(root).stat().st_size
+    except OSError:
+        size = 0
+    try:
+        folder.mkdir(exist_ok=True)  # the root itself exists (checked first)
+        fd, probe = tempfile.mkstemp(prefix=".probe.", dir=folder)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(b"\0" * (size + _PROBE_SLACK))
+                f.flush()
+                os.fsync(f.fileno())
+        finally:
+            os.unlink(probe)
+    except OSError as exc:
+        raise UserError(
+            f"the state folder {folder} cannot be written ({_why(exc)}); nothing was changed: "
+            f"{_STATE_FIX}"
+        ) from None
 
 
 class Recorder:
@@ -287,8 +345,11 @@ def instance_lock(root: Path, wait: float = 10.0) -> Iterator[None]:
     """One writer per GitOps root. `flock` is released by the kernel when the holder dies,
     even by SIGKILL, so a killed reconcile never leaves a stale lock."""
     path = root / STATE_DIR / LOCK
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise UserError(f"cannot open the lock {path} ({_why(exc)}): {_STATE_FIX}") from None
     try:
         deadline = time.monotonic() + wait
         while True:
@@ -303,8 +364,80 @@ def instance_lock(root: Path, wait: float = 10.0) -> Iterator[None]:
                         "wait for it to finish, or stop it"
                     ) from None
                 time.sleep(0.1)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} since {iso(now())}".encode(), 0)
+        # Who holds the lock, for the message of the next one waiting: nice to have, so a full
+        # disk here is not an error (the lock itself is the kernel's, not the file's content).
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()} since {iso(now())}".encode(), 0)
         yield
     finally:
         os.close(fd)  # closing the descriptor releases the lock
+
+
+def label_key_path(instance: str) -> Path:
+    from .auth import default_credentials_path  # here: auth imports this module
+
+    return default_credentials_path(instance).parent / LABEL_KEY
+
+
+def label_key(instance: str) -> bytes:
+    """The instance's key that seals secret values in labels, state and plans (spec.Hashing).
+    It lives next to `reconciler serve`'s credentials, outside the GitOps root (which is
+    committed, and which deployments mount by relative paths), mode 0600. Made on first use,
+    atomically: written in full under a temp name, then linked into place, which never replaces
+    a key that exists, so two first passes at once agree on one key."""
+    path = label_key_path(instance)
+    try:
+        return _read_key(path)
+    except FileNotFoundError:
+        pass
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{LABEL_KEY}.", dir=path.parent)  # mode 0600
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_hex(32) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            with contextlib.suppress(FileExistsError):
+                os.link(tmp, path)
+        finally:
+            os.unlink(tmp)
+    except OSError as exc:
+        raise UserError(
+            f"cannot create the label key {path} ({_why(exc)}): make {path.parent} writable "
+            "for this user, or set XDG_CONFIG_HOME to a folder that is"
+        ) from None
+    return _read_key(path)
+
+
+def _read_key(path: Path) -> bytes:
+    not_a_key = (
+        f"{path} is not a label key: delete it (a new one is made; deployments with secret "
+        "values are then replaced once)"
+    )
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise UserError(f"cannot read the label key {path} ({_why(exc)}): {not_a_key}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > 1024:
+            raise UserError(not_a_key)
+        if st.st_mode & 0o077:  # readable by others: the seal would protect nothing
+            raise UserError(
+                f"the label key {path} is open to other users (mode {st.st_mode & 0o777:o}): "
+                f"chmod 600 {path}"
+            )
+        data = os.read(fd, 1024)
+    finally:
+        os.close(fd)
+    try:
+        key = bytes.fromhex(data.decode("ascii").strip())
+    except ValueError:  # UnicodeDecodeError is one
+        raise UserError(not_a_key) from None
+    if len(key) != 32:
+        raise UserError(not_a_key)
+    return key

@@ -4,12 +4,22 @@ Files are parsed with libyaml's C parser. Two deliberate departures from plain `
 duplicate mapping keys are errors (the last one silently winning hides typos), and timestamps
 stay strings (a retirement date is data to check, not a `datetime` to mistype). Line numbers are
 found only when a problem must be reported, by re-composing that one file.
+
+A merged change may bring odd files, and reading them must never hang or crash the tool (a
+stalled `watch` stops every later pass). So only regular files are read, at most
+`MAX_MANIFEST_BYTES` each; a FIFO, socket or device named `*.yaml` is a problem without being
+opened. Symbolic links are followed only while they stay inside the GitOps root (sharing a file
+between folders keeps working); one that leads out of it (`/`, `/dev/zero`, another checkout),
+nowhere, or back to a folder above it (a loop) is a problem. Each problem is one line naming the
+file and what to do.
 """
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +31,10 @@ from .errors import Problem, UserError
 
 MANIFEST_FOLDERS = ("manifests", "templates")
 YAML_SUFFIXES = (".yaml", ".yml")
+# A manifest is a few KiB; a bound keeps a stray data file (or a merged 50 MiB blob) from
+# being parsed in full on every pass of a watch loop.
+MAX_MANIFEST_BYTES = 1024 * 1024
+MAX_DEPTH = 32  # folder levels below manifests/ or templates/
 
 
 class _Loader(yaml.CSafeLoader):  # type: ignore[misc, name-defined]
@@ -90,32 +104,187 @@ def read_tree(root: Path) -> tuple[list[SourceFile], list[Problem]]:
     check_root(root)
     files: list[SourceFile] = []
     problems: list[Problem] = []
-    for path in yaml_paths(root):
-        rel = path.relative_to(root).as_posix()
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
-            problems.append(Problem(rel, None, "", f"cannot read file: {exc.strerror}"))
+    for entry in _scan(root):
+        if entry.problem:
+            problems.append(entry.problem)
             continue
-        text, problem = decode(rel, data)
+        data, problem = _read_regular(entry.rel, entry.path)
+        if problem:
+            problems.append(problem)
+            continue
+        text, problem = decode(entry.rel, data)
         if problem:
             problems.append(problem)
         else:
-            files.append(SourceFile(rel, text))
+            files.append(SourceFile(entry.rel, text))
     return files, problems
 
 
 def yaml_paths(root: Path) -> Iterator[Path]:
-    """Every manifest file of the root, in a stable order (hidden files and folders skipped)."""
+    """Every manifest file of the root, in a stable order (hidden files and folders skipped).
+    Folders outside the root and folder loops are not entered; the paths may still name odd
+    files (read_tree reports those)."""
+    for entry in _scan(root):
+        yield entry.path
+
+
+@dataclass(frozen=True)
+class _Entry:
+    rel: str  # relative to the root, as problems name it
+    path: Path  # where to read it: inside the root, symbolic links resolved
+    problem: Problem | None = None
+
+
+def _scan(root: Path) -> Iterator[_Entry]:
+    """The manifest folders' YAML files, depth first, names sorted (files before subfolders'
+    files, as `os.walk` did and `gitsource._walk_order` mirrors)."""
+    try:
+        real_root = Path(os.path.realpath(root, strict=True))
+    except OSError:
+        return
     for folder in MANIFEST_FOLDERS:
         base = root / folder
-        if not base.is_dir():
+        if not os.path.lexists(base):
             continue
-        for dirpath, dirnames, filenames in os.walk(base, followlinks=True):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            for name in sorted(filenames):
-                if name.endswith(YAML_SUFFIXES) and not name.startswith("."):
-                    yield Path(dirpath) / name
+        target, problem = _follow(real_root, base, folder)
+        if problem:
+            yield _Entry(folder, base, problem)
+        elif target is not None and target.is_dir():
+            # The root is an ancestor too: a link to it from inside would read it again.
+            ancestors = (_dir_id(real_root), _dir_id(target))
+            yield from _scan_folder(real_root, target, folder, ancestors)
+
+
+def _scan_folder(
+    real_root: Path, folder: Path, rel: str, ancestors: tuple[tuple[int, int], ...]
+) -> Iterator[_Entry]:
+    try:
+        with os.scandir(folder) as it:
+            entries = sorted((e for e in it if not e.name.startswith(".")), key=lambda e: e.name)
+    except OSError as exc:
+        yield _Entry(rel, folder, Problem(rel, None, "", f"cannot list folder: {exc.strerror}"))
+        return
+    subfolders: list[tuple[str, Path]] = []
+    for e in entries:
+        child_rel = f"{rel}/{e.name}"
+        is_yaml = e.name.endswith(YAML_SUFFIXES)
+        target, problem = _follow(real_root, Path(e.path), child_rel)
+        if problem:
+            # Only what would be read is a problem: a stray link named README is left alone.
+            if is_yaml or _points_at_folder(e):
+                yield _Entry(child_rel, Path(e.path), problem)
+            continue
+        assert target is not None
+        if target.is_dir():
+            subfolders.append((child_rel, target))
+        elif is_yaml:
+            yield _Entry(child_rel, target)
+    for child_rel, target in subfolders:
+        ident = _dir_id(target)
+        if ident in ancestors:
+            what = "a symbolic link back to a folder above it (a loop): remove it"
+            yield _Entry(child_rel, target, Problem(child_rel, None, "", what))
+            continue
+        if len(ancestors) > MAX_DEPTH:  # bounded recursion, whatever a commit nests
+            what = f"folders nested more than {MAX_DEPTH} deep: flatten them"
+            yield _Entry(child_rel, target, Problem(child_rel, None, "", what))
+            continue
+        yield from _scan_folder(real_root, target, child_rel, (*ancestors, ident))
+
+
+def _follow(real_root: Path, path: Path, rel: str) -> tuple[Path | None, Problem | None]:
+    """`path` itself, or for a symbolic link its target if that stays inside the root."""
+    if not path.is_symlink():
+        return path, None
+    try:
+        target = Path(os.path.realpath(path, strict=True))
+    except OSError as exc:
+        why = "a loop of links" if exc.errno == errno.ELOOP else "its target does not exist"
+        return None, Problem(
+            rel,
+            None,
+            "",
+            f"cannot read file: a symbolic link that leads nowhere ({why}); remove or fix it",
+        )
+    if target != real_root and real_root not in target.parents:
+        return None, Problem(
+            rel,
+            None,
+            "",
+            f"a symbolic link to {target}, outside the GitOps root: links are followed only "
+            "inside the root; put the file itself there",
+        )
+    return target, None
+
+
+def _points_at_folder(entry: os.DirEntry[str]) -> bool:
+    try:
+        return entry.is_dir(follow_symlinks=True)
+    except OSError:
+        return False
+
+
+def _dir_id(path: Path) -> tuple[int, int]:
+    st = path.stat()
+    return st.st_dev, st.st_ino
+
+
+_KINDS = {
+    stat.S_ISFIFO: "FIFO",
+    stat.S_ISSOCK: "socket",
+    stat.S_ISCHR: "character device",
+    stat.S_ISBLK: "block device",
+    stat.S_ISDIR: "folder",
+}
+
+
+def _not_regular(mode: int, rel: str) -> Problem:
+    kind = next((name for test, name in _KINDS.items() if test(mode)), "special file")
+    return Problem(rel, None, "", f"not a regular file (a {kind}): remove it; manifests are files")
+
+
+def _too_large(size: int, rel: str) -> Problem:
+    return Problem(
+        rel,
+        None,
+        "",
+        f"{size} bytes: a manifest may have at most {MAX_MANIFEST_BYTES} (1 MiB); split it "
+        "into several files, or move data out of manifests/ and templates/",
+    )
+
+
+def _read_regular(rel: str, path: Path) -> tuple[bytes, Problem | None]:
+    """The bytes of a regular file of at most MAX_MANIFEST_BYTES. The kind is checked before
+    opening (opening a device can have effects) and again on the open descriptor (the file may
+    have been swapped); O_NONBLOCK keeps a FIFO that slipped in from blocking the open."""
+    try:
+        st = os.stat(path, follow_symlinks=False)
+        if not stat.S_ISREG(st.st_mode):
+            return b"", _not_regular(st.st_mode, rel)
+        if st.st_size > MAX_MANIFEST_BYTES:
+            return b"", _too_large(st.st_size, rel)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        return b"", Problem(rel, None, "", f"cannot read file: {exc.strerror}")
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return b"", _not_regular(st.st_mode, rel)
+        chunks: list[bytes] = []
+        size = 0
+        while size <= MAX_MANIFEST_BYTES:  # bounded even if the file grows while read
+            chunk = os.read(fd, MAX_MANIFEST_BYTES + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        if size > MAX_MANIFEST_BYTES:
+            return b"", _too_large(max(size, os.fstat(fd).st_size), rel)
+        return b"".join(chunks), None
+    except OSError as exc:
+        return b"", Problem(rel, None, "", f"cannot read file: {exc.strerror}")
+    finally:
+        os.close(fd)
 
 
 def decode(rel: str, data: bytes) -> tuple[str, Problem | None]:

@@ -7,19 +7,30 @@ which decide how a change is applied (the lesson of docker compose's config-hash
   hash; a change replaces the container;
 * resources (CPU, memory, restart policy) are applied in place with `docker update`;
 * behaviour of the reconciler itself (readiness, replicas) changes no container.
+
+Hashes and field digests end up in container labels, the state snapshot and plan output, which
+more people see than the manifests' secrets. So a secret environment value enters them only
+sealed: as an HMAC-SHA256 under the instance's own key (`record.label_key`), never as a plain
+digest that a short secret could be guessed back from (hash version 2). A spec without secret
+values hashes exactly as before (version 1), so upgrading recreates nothing.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import re
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 # Bump when the meaning of `identity_fields` changes; containers labelled with an older version
 # are compared field by field where possible instead of being recreated wholesale.
-HASH_VERSION = "1"
+# 2: secret values sealed with the instance's key; 1: no secret values, or secret values
+# unsealed as earlier releases wrote them (kept only for deployments labelled so: plan.py).
+HASH_VERSION = "2"
+UNSEALED_HASH_VERSION = "1"
 MODEL_MOUNT = "/mnt/models"
 DEFAULT_PORT = 8080
 DEFAULT_READINESS_PATH = "/v2/health/ready"
@@ -80,8 +91,33 @@ class ContainerSpec:
     labels: tuple[tuple[str, str], ...] = ()
     annotations: tuple[tuple[str, str], ...] = ()
 
-    def identity_fields(self) -> dict[str, str]:
-        """Every field whose change needs a new container, flattened and canonical."""
+    @property
+    def has_secrets(self) -> bool:
+        return any(e.secret for e in self.env)
+
+    def identity(self, image_id: str | None, hashing: Hashing) -> Identity:
+        """What this spec's container labels say, in `hashing`'s format."""
+        seal = hashing.seal if self.has_secrets and hashing.sealed else None
+        fields = self.identity_fields(seal)
+        version = HASH_VERSION if seal else UNSEALED_HASH_VERSION
+        canonical = json.dumps(
+            {"v": version, "fields": fields, "imageId": image_id or ""},
+            sort_keys=True,
+            separators=(",", ":"),
+        )
+        return Identity(
+            version=version,
+            config_hash=hashlib.sha256(canonical.encode()).hexdigest(),
+            digests={
+                # Short digests per identity field: enough to name what changed.
+                k: hashlib.sha256(f"{k}={v}".encode()).hexdigest()[:10]
+                for k, v in fields.items()
+            },
+        )
+
+    def identity_fields(self, seal: Seal | None = None) -> dict[str, str]:
+        """Every field whose change needs a new container, flattened and canonical; with
+        `seal`, secret values as their keyed digests (without: only for version 1)."""
         fields: dict[str, Any] = {
             "image": self.image,
             "command": self.command,
@@ -95,26 +131,11 @@ class ContainerSpec:
             "stopTimeout": self.stop_timeout,
         }
         for env in self.env:
-            fields[f"env.{env.name}"] = env.value
+            name = f"env.{env.name}"
+            fields[name] = seal(name, env.value) if seal and env.secret else env.value
         for mount in self.volumes:
             fields[f"volume.{mount.target}"] = [mount.source, mount.read_only]
         return {k: json.dumps(v, separators=(",", ":")) for k, v in fields.items() if v is not None}
-
-    def field_digests(self) -> dict[str, str]:
-        """Short digests per identity field: enough to name what changed, never the value."""
-        return {
-            k: hashlib.sha256(f"{k}={v}".encode()).hexdigest()[:10]
-            for k, v in self.identity_fields().items()
-        }
-
-    def config_hash(self, image_id: str | None) -> str:
-        """Hash over identity fields and the image's content id (a rebuilt tag is a change)."""
-        canonical = json.dumps(
-            {"v": HASH_VERSION, "fields": self.identity_fields(), "imageId": image_id or ""},
-            sort_keys=True,
-            separators=(",", ":"),
-        )
-        return hashlib.sha256(canonical.encode()).hexdigest()
 
     def resources(self) -> dict[str, Any]:
         return {"cpus": self.cpus, "memory": self.memory, "restartPolicy": self.restart_policy}
@@ -151,6 +172,44 @@ class ContainerSpec:
             "labels": dict(self.labels),
             "annotations": dict(self.annotations),
         }
+
+
+Seal = Callable[[str, str], str]  # (field name, secret value) -> keyed digest
+
+
+@dataclass(frozen=True)
+class Identity:
+    """A container's identity as its labels carry it (reconciler.hash-version, config-hash,
+    fields): the config hash covers the identity fields and the image's content id (a rebuilt
+    tag is a change); the field digests name what changed, never a value."""
+
+    version: str
+    config_hash: str
+    digests: Mapping[str, str]
+
+
+@dataclass(frozen=True, eq=False)
+class Hashing:
+    """How secret values are sealed: `key` yields the instance's key, read (or made) the first
+    time a spec with a secret value is hashed. Without `key`, the unsealed format of earlier
+    releases: to recognise their containers, and kept only for deployments an earlier release
+    labelled so (plan._hashing_for)."""
+
+    key: Callable[[], bytes] | None = field(default=None, repr=False)
+
+    @property
+    def sealed(self) -> bool:
+        return self.key is not None
+
+    def seal(self, name: str, value: str) -> str:
+        if self.key is None:
+            return value
+        # The field name is part of the message: one value under two names seals differently.
+        digest = hmac.new(self.key(), f"{name}={value}".encode(), hashlib.sha256).hexdigest()
+        return f"hmac-sha256:{digest}"
+
+
+UNSEALED = Hashing()
 
 
 @dataclass

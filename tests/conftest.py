@@ -7,10 +7,14 @@ child process, for what only a real process shows (exit codes, tracebacks, signa
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import io
+import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,6 +23,13 @@ from pathlib import Path
 import pytest
 
 from reconciler.cli import main
+
+# Per-instance files the tool keeps outside the GitOps root (credentials of `serve`, the key of
+# the secret-value digests) go to ~/.config/reconciler/<instance>/: the tests' instances keep
+# theirs in a folder of this run, not in the home folder of whoever runs them. Set before any
+# test starts a child process, so `reconciler serve` children inherit it.
+os.environ["XDG_CONFIG_HOME"] = tempfile.mkdtemp(prefix="reconciler-tests-config-")
+atexit.register(shutil.rmtree, os.environ["XDG_CONFIG_HOME"], True)
 
 PROJECT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
