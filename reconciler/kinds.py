@@ -165,6 +165,14 @@ class Settings:
     gpus: tuple[str, ...] = ()
     doc: Document | None = field(default=None, compare=False, repr=False)
 
+    @property
+    def artifact_roots(self) -> tuple[str, ...]:
+        """`spec.artifactRoots`: host folders `file:` artifacts may point into besides the
+        root. Read from the (schema-checked) document, so that loading needs no change."""
+        spec = self.doc.body.get("spec") if self.doc is not None else None
+        roots = spec.get("artifactRoots") if isinstance(spec, dict) else None
+        return tuple(roots) if isinstance(roots, list) else ()
+
 
 RGKey = tuple[str, str]  # (resource group, id)
 
