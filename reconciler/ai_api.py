@@ -32,7 +32,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from . import api_resources as res
 from .api_error import error_body, request_id
 from .apply import redact
-from .auth import TOKEN_SECONDS, AuthError, Credentials, Identity
+from .auth import TOKEN_SECONDS, AuthError, Credentials, Identity, Throttled, TokenDesk
 from .crosscheck import ttl_minutes
 from .desired import DesiredDeployment, DesiredState, desired_state
 from .engine import Engine, EngineUnreachable
@@ -41,6 +41,7 @@ from .kinds import Deployment
 from .observe import observe
 from .plan import DEAD_RETENTION
 from .record import FileVersion, file_version, parse_iso, read_snapshot
+from .render import artifact_url_problem
 from .sources import yaml_paths
 from .status import deployment_statuses
 from .writeback import API_FOLDER, WriteBack, Written
@@ -219,6 +220,8 @@ class ApiContext:
 
 
 def _base_url(request: Request) -> str:
+    """This server's URL as the relay names it (server.ApiRelay): its own host:port, or what a
+    trusted proxy said; never a caller's Host."""
     return str(request.base_url).rstrip("/")
 
 
@@ -413,6 +416,11 @@ def create_app(ctx: ApiContext) -> FastAPI:
     @lm.post("/artifacts", status_code=201)
     def create_artifact(body: ArtifactIn, who: CallerDep) -> dict[str, Any]:
         state = ctx.state()
+        # A tenant's file: URL may point only into the root's models/ folder or an operator's
+        # Settings artifactRoots (symlinks followed): never at the host's other files.
+        problem = artifact_url_problem(state.repo, body.url, tenant=True)
+        if problem is not None:
+            raise ApiError(400, f"Artifact url {body.url!r} {problem}")
         new_id = _free_id(body.name, lambda i: (who.resource_group, i) in state.repo.artifacts)
         spec: dict[str, Any] = {"kind": body.kind, "url": body.url, "scenarioId": body.scenarioId}
         if body.description:
@@ -682,6 +690,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
         }
 
     app.include_router(lm)
+    desk = TokenDesk(ctx.credentials) if ctx.credentials is not None else None
 
     @app.post(
         "/oauth/token",
@@ -718,12 +727,17 @@ def create_app(ctx: ApiContext) -> FastAPI:
                 return _oauth_error(401, "invalid_client", "malformed Basic credentials")
         if form.get("grant_type") != "client_credentials":
             return _oauth_error(400, "unsupported_grant_type", "only client_credentials")
-        if ctx.credentials is None:
+        if desk is None:
             return _oauth_error(400, "invalid_request", "this server runs without auth")
         if not client_id or not client_secret:
             return _oauth_error(401, "invalid_client", "client_id and client_secret are needed")
+        # The caller's address as the relay gave it (X-Forwarded-For: the peer, or what a
+        # trusted proxy said), for the limit on failed attempts per source address.
+        address = request.client.host if request.client else ""
         try:
-            token = ctx.credentials.issue(client_id, client_secret)
+            token = await desk.issue(client_id, client_secret, address)
+        except Throttled as exc:
+            return _oauth_error(429, "temporarily_unavailable", str(exc), exc.retry_after)
         except AuthError as exc:
             return _oauth_error(401, "invalid_client", str(exc))
         return JSONResponse(
@@ -870,8 +884,12 @@ def _micro(stamp: str) -> str:
     return f"{head}.{(rest + '000000')[:6]}Z" if dot else f"{head}Z"
 
 
-def _oauth_error(status: int, code: str, description: str) -> JSONResponse:
-    headers = {"WWW-Authenticate": 'Basic realm="oauth"'} if status == 401 else None
+def _oauth_error(
+    status: int, code: str, description: str, retry_after: int | None = None
+) -> JSONResponse:
+    headers = {"WWW-Authenticate": 'Basic realm="oauth"'} if status == 401 else {}
+    if retry_after is not None:
+        headers["Retry-After"] = str(retry_after)
     return JSONResponse({"error": code, "error_description": description}, status, headers)
 
 
