@@ -378,7 +378,15 @@ def logs_command(
     "--api-url",
     default=None,
     help="Public base URL of this server, for deploymentUrls (default: Settings.apiUrl, "
-    "else the URL each request came to).",
+    "else http://HOST:PORT as served).",
+)
+@click.option(
+    "--trusted-proxy",
+    "trusted_proxies",
+    multiple=True,
+    callback=lambda _ctx, _param, values: _networks(values),
+    help="Address or CIDR of a reverse proxy whose Host, X-Forwarded-For and "
+    "X-Forwarded-Proto are believed (repeatable; default: none, nobody's).",
 )
 @click.option(
     "--credentials",
@@ -398,6 +406,24 @@ def logs_command(
     show_default=True,
     help="Seconds a model server may take to answer one request.",
 )
+@click.option(  # (defaults: relay.HEAD_SECONDS, relay.MAX_PER_ADDRESS; not imported here)
+    "--head-timeout",
+    type=click.FloatRange(min=0.1),
+    default=10.0,
+    show_default=True,
+    envvar="RECONCILER_HEAD_TIMEOUT",
+    show_envvar=True,
+    help="Seconds a client may take to send a request head, from its first byte (else 408).",
+)
+@click.option(
+    "--max-connections-per-address",
+    type=click.IntRange(min=1),
+    default=256,
+    show_default=True,
+    envvar="RECONCILER_MAX_CONNECTIONS_PER_ADDRESS",
+    show_envvar=True,
+    help="Open connections one client address may have; beyond, 503 and closed at once.",
+)
 @click.pass_context
 def serve_command(
     ctx: click.Context,
@@ -405,9 +431,12 @@ def serve_command(
     host: str,
     port: int,
     api_url: str | None,
+    trusted_proxies: tuple[Any, ...],
     credentials: Path | None,
     no_auth: bool,
     timeout: float,
+    head_timeout: float,
+    max_connections_per_address: int,
 ) -> None:
     """Deployment URLs (the inference gateway) and the AI API, with OAuth2."""
     from .server import ServeOptions, serve
@@ -420,9 +449,21 @@ def serve_command(
             auth=not no_auth,
             credentials=credentials,
             api_url=api_url.rstrip("/") if api_url else None,
+            trusted_proxies=trusted_proxies,
             timeout=timeout,
+            head_timeout=head_timeout,
+            max_connections_per_address=max_connections_per_address,
         )
     )
+
+
+def _networks(values: tuple[str, ...]) -> tuple[Any, ...]:
+    import ipaddress
+
+    try:
+        return tuple(ipaddress.ip_network(v, strict=False) for v in values)
+    except ValueError as exc:
+        raise click.BadParameter(f"{exc} (give an address or a CIDR, e.g. 10.0.0.0/8)") from None
 
 
 @cli.group("clients")

@@ -69,6 +69,14 @@ POOL_IDLE_SECONDS = 30.0  # idle upstream connections are closed after this (aio
 POOL_MAX_IDLE = 256  # idle upstream connections kept per address
 CONNECT_SECONDS = 5.0
 MAX_CONNECTIONS = 10_000  # client connections; beyond, requests are answered 503
+# Client connections from one address; beyond, a connection is answered 503 and closed at once,
+# so that one source cannot hold every slot (a slow-head attack from many connections).
+MAX_PER_ADDRESS = 256
+# A request head must be whole this long after its first byte (else 408): a head sent one byte
+# at a time would otherwise hold its connection for as long as the bytes keep coming.
+HEAD_SECONDS = 10.0
+# A request body may pause this long between reads (nginx's client_body_timeout).
+BODY_IDLE_SECONDS = 60.0
 WATCH_SECONDS = 1.0  # how often timeouts are checked (at most; less for short timeouts)
 
 # Hop-by-hop headers belong to one connection, not to the message (RFC 9110 7.6.1); `expect` is
@@ -91,10 +99,18 @@ HOP_BY_HOP = frozenset(
 _RESPONSE_DROP = frozenset(
     {b"connection", b"keep-alive", b"proxy-connection", b"proxy-authenticate", b"upgrade"}
 )
+# Where a message ends is told by these (and by the method and status): never dropped as
+# hop-by-hop, whatever a Connection header names (a request that names them is refused).
+FRAMING = frozenset({b"content-length", b"transfer-encoding", b"host"})
+_PLAIN_CONNECTION = frozenset({b"keep-alive", b"close"})
 _HEAD_END = re.compile(rb"\r?\n\r?\n")  # the blank line ending a head llhttp has accepted
-# A header line of an answer that must not be passed on as it is.
+# A header line of an answer that must not be passed on as it is: a hop-by-hop one, or a
+# Transfer-Encoding other than one `chunked` (looked at closely in `_response_headers`).
 _HOP_BY_HOP_LINE = re.compile(
-    rb"\n(?:connection|keep-alive|proxy-connection|proxy-authenticate|upgrade)[ \t]*:", re.I
+    rb"\n(?:connection|keep-alive|proxy-connection|proxy-authenticate|upgrade)[ \t]*:"
+    rb"|\ntransfer-encoding[ \t]*:"
+    rb"(?![ \t]*chunked[ \t]*\r?\n(?!(?:.*\n)?transfer-encoding[ \t]*:))",
+    re.I | re.S,
 )
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _NO_BODY_STATUS = frozenset({204, 304})
@@ -150,8 +166,8 @@ class Request:
         self.version = version  # b"1.1" or b"1.0"
         self.keep_alive = keep_alive
         self.peer = peer
-        te = fields.get(b"transfer-encoding")
-        self.chunked = te is not None and te.rstrip().lower().endswith(b"chunked")
+        # (A Transfer-Encoding other than `chunked` never gets this far: `framing_error`.)
+        self.chunked = b"transfer-encoding" in fields
         cl = fields.get(b"content-length")
         self.length = int(cl) if cl is not None and not self.chunked else 0
         self.expect_continue = fields.get(b"expect", b"").lower() == b"100-continue"
@@ -178,6 +194,52 @@ class Request:
         return urllib.parse.unquote(self.path.decode("latin-1"))
 
 
+def connection_options(req: Request) -> set[bytes]:
+    """The names that the request's Connection headers (all of them) list, lower-case."""
+    return {
+        t.strip().lower()
+        for lname, _, value in req.headers
+        if lname == b"connection"
+        for t in value.split(b",")
+    }
+
+
+def framing_error(req: Request, version: str, duplicated: bool) -> str:
+    """Why where this request ends, or what it is, cannot be told for sure ("": it can): the
+    relay refuses such a request (400) rather than forward bytes that the server behind it might
+    frame otherwise, and reads nothing more on that connection. llhttp has refused already
+    Content-Length twice, with Transfer-Encoding, or not a number, and obs-fold, bare CR or LF.
+    `duplicated`: some header name comes more than once."""
+    fields = req.fields
+    if version != "1.1" and version != "1.0":
+        return f"HTTP/{version} is not supported"
+    if duplicated:
+        counts: dict[bytes, int] = {}
+        for lname, _, _ in req.headers:
+            counts[lname] = counts.get(lname, 0) + 1
+        twice = sorted(n for n in (b"transfer-encoding", b"host") if counts.get(n, 0) > 1)
+        if twice:
+            return f"more than one {twice[0].decode()} header"
+    connection = fields.get(b"connection")
+    if connection is not None and (duplicated or connection.lower() not in _PLAIN_CONNECTION):
+        named = connection_options(req) & FRAMING
+        if named:
+            # RFC 9110 7.6.1 would drop them; the body would then be read as another request.
+            return f"Connection names {sorted(named)[0].decode()}, which frames the request"
+    te = fields.get(b"transfer-encoding")
+    if te is not None:
+        if version != "1.1":
+            return "Transfer-Encoding in an HTTP/1.0 request"  # RFC 9112 6.1
+        if te.strip().lower() != b"chunked":
+            return f"Transfer-Encoding {te.decode('latin-1')!r}: only chunked is accepted"
+    if version == "1.1" and b"host" not in fields:
+        return "no Host header"  # RFC 9112 3.2
+    if b"upgrade" in fields and (req.chunked or req.length):
+        # llhttp ends an upgrade request at its head: its body would be read as the next one.
+        return "a body with Upgrade"
+    return ""
+
+
 def request_head(
     req: Request,
     target: bytes,
@@ -185,22 +247,21 @@ def request_head(
     host: bytes | None = None,
     extra: bytes = b"",
 ) -> bytes:
-    """The head to send upstream: `req`'s headers less `drop` and those its Connection header
-    names, `host` as Host (else the caller's), `extra` (ready-made header lines) and the body's
-    framing. An HTTP/1.0 caller's request goes out as HTTP/1.0, so that the answer is never
-    chunked (a 1.0 client could not read it)."""
+    """The head to send upstream: `req`'s headers less `drop` and those its Connection headers
+    name (never the framing ones), `host` as Host (else the caller's), `extra` (ready-made
+    header lines) and the body's framing. An HTTP/1.0 caller's request goes out as HTTP/1.0, so
+    that the answer is never chunked (a 1.0 client could not read it)."""
     version = b" HTTP/1.0\r\n" if req.version == b"1.0" else b" HTTP/1.1\r\n"
     parts = [req.method, b" ", target, version]
     if host is not None:
         parts += (b"Host: ", host, b"\r\n")
-    connection = req.fields.get(b"connection")
-    if connection is not None:
-        drop = drop | {t.strip().lower() for t in connection.split(b",")}
+    if b"connection" in req.fields:
+        drop = drop | (connection_options(req) - FRAMING)
     for lname, name, value in req.headers:
         if lname not in drop:
             parts += (name, b": ", value, b"\r\n")
-    if req.chunked:  # re-chunked as it is read (other codings, rare, stay as they were)
-        parts += (b"Transfer-Encoding: ", req.fields[b"transfer-encoding"], b"\r\n")
+    if req.chunked:  # re-chunked as it is read
+        parts.append(b"Transfer-Encoding: chunked\r\n")
     parts.append(extra)
     parts.append(b"\r\n")
     return b"".join(parts)
@@ -239,25 +300,34 @@ def _plain_response(status: int, text: str) -> bytes:
 
 def _response_headers(
     headers: list[tuple[bytes, bytes]], drop: frozenset[bytes] = _RESPONSE_DROP
-) -> tuple[list[bytes], bool, bool]:
-    """An answer's header lines without hop-by-hop headers (those its Connection header names
-    too), with a slot for the status line first; and whether it has a length, or is chunked."""
+) -> tuple[list[bytes], bool, bool] | None:
+    """An answer's header lines without hop-by-hop headers (those its Connection headers name
+    too, but never the framing ones), with a slot for the status line first; and whether it
+    has a length, or is chunked. None when a client might frame it otherwise than llhttp did:
+    Transfer-Encoding other than one `chunked` (llhttp refuses Content-Length twice, or with
+    Transfer-Encoding)."""
     parts = [b""]
-    length = chunked = False
-    named: bytes | None = None
+    length = False
+    codings = 0
+    chunked = False
+    named: list[bytes] = []
     for name, value in headers:
         lname = name.lower()
         if lname in drop:
             if lname == b"connection":
-                named = value
+                named.append(value)
             continue
         if lname == b"content-length":
             length = True
         elif lname == b"transfer-encoding":
-            chunked = value.rstrip().lower().endswith(b"chunked")
+            codings += 1
+            chunked = value.strip().lower() == b"chunked"
         parts += (name, b": ", value, b"\r\n")
-    if named is not None and drop is _RESPONSE_DROP:
-        extra = {t.strip().lower() for t in named.split(b",")} - {b"close", b"keep-alive"}
+    if codings > 1 or (codings and not chunked):
+        return None
+    if named and drop is _RESPONSE_DROP:
+        extra = {t.strip().lower() for v in named for t in v.split(b",")}
+        extra -= FRAMING | {b"close", b"keep-alive"}
         if extra:
             return _response_headers(headers, drop | extra)
     return parts, length, chunked
@@ -271,6 +341,10 @@ class Upstream(asyncio.Protocol):
     time. Its parser only finds where the answer's head and the answer end (no per-header
     callbacks: the head is looked at only when it has to be rewritten); the bytes go to the
     client as they are read."""
+
+    # Bytes came after the end of the answer, unasked: they are not passed on, and the
+    # connection is not used again (set only then: such a connection is never reset).
+    overrun = False
 
     def __init__(self, pool: UpstreamPool, address: str) -> None:
         self.pool = pool
@@ -316,22 +390,36 @@ class Upstream(asyncio.Protocol):
         ex.wait_since = self.pool.loop.time()
         if self.head_end >= 0:  # the body, passed on as it came
             if not self.complete:
-                self._feed(data)
+                data = self._feed(data)
+                if self.broken or self.overrun:
+                    # Bytes that llhttp could not frame, or that follow the answer, are not for
+                    # the client: its connection ends with what came before them.
+                    self._failed(ex)
+                    return
             ex.response_body(data)
             self._ended(ex)
             return
         self.got_bytes = True
-        self.buf = buf = self.buf + data if self.buf else data
-        self._feed(data)
+        self.buf = buf = self.buf + data if self.buf else data  # (the parser's callbacks read it)
+        kept = self._feed(data)
+        if kept is not data:
+            self.buf = buf = buf[: len(buf) - len(data) + len(kept)]
         if self.head_end < 0:
             if self.broken:
-                ex.upstream_failed(502, f"model server sent an invalid answer: {self.broken}")
+                self._failed(ex)
             elif len(buf) - self.head_start > MAX_HEAD_BYTES:
                 ex.upstream_failed(502, "model server sent an oversized answer head")
+            return
+        if self.broken or self.overrun:
+            self._failed(ex)
             return
         self.buf = b""
         ex.response_head(self, buf)
         self._ended(ex)
+
+    def _failed(self, ex: Exchange) -> None:
+        why = "bytes after the end of its answer" if self.overrun else self.broken
+        ex.upstream_failed(502, f"model server sent an invalid answer: {why}")
 
     def _ended(self, ex: Exchange) -> None:
         if self.exchange is not ex:  # the client went away meanwhile
@@ -349,7 +437,40 @@ class Upstream(asyncio.Protocol):
         if self.exchange is not None:
             self.exchange.conn.resume_reading("upstream")
 
-    def _feed(self, data: bytes) -> None:
+    MAX_TAIL = 64  # CR/LF bytes at the end of a read fed one at a time, at most
+
+    def _feed(self, data: bytes) -> bytes:
+        """Parse `data`; what of it belongs to the answer (`data` itself, but for empty lines
+        after its end). llhttp skips, silently, empty lines (CR, LF) after a message: passed
+        on, they would come before the client's next answer, which a strict client then
+        refuses. So the CR/LF bytes that end a read are fed one at a time, to tell where the
+        answer ends (other bytes after it: see `overrun`)."""
+        last = data[-1] if data else 0
+        if last != 10 and last != 13:  # (the usual read: nothing more to it)
+            self._parse(data)
+            return data
+        n = len(data)
+        run = 1
+        while run <= self.MAX_TAIL and run < n and data[n - run - 1] in (10, 13):
+            run += 1
+        if run > self.MAX_TAIL:  # where in such a run the answer ends, llhttp does not say
+            self._parse(data)
+            if self.complete:
+                self.overrun = True
+            return data
+        view = memoryview(data)
+        at = n - run
+        if at:
+            self._parse(view[:at])
+        while at < n and not self.complete and not self.broken:
+            self._parse(view[at : at + 1])
+            at += 1
+        if self.complete and at < n:  # empty lines after the answer: not passed on
+            self.reusable = False
+            return data[:at]
+        return data
+
+    def _parse(self, data: bytes | memoryview) -> None:
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
@@ -362,13 +483,23 @@ class Upstream(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             self.reusable = False
             self.broken = str(exc) or type(exc).__name__
+        except httptools.HttpParserUpgrade:  # (not an HttpParserError)
+            self.reusable = False
+            self.broken = "a protocol switch, which no request asked for"
 
     # httptools callbacks
+
+    def on_message_begin(self) -> None:
+        if self.complete:  # (no request asked for it: another answer would go to the next one)
+            self.overrun = True
+            raise ValueError("bytes after the end of the answer")
 
     def on_headers_complete(self) -> None:
         if self.complete:
             raise ValueError("another answer after the end of the answer")
         status = self.parser.get_status_code()
+        if status == 101:  # the relay never asks for a protocol switch (Upgrade is not passed on)
+            raise ValueError("101 Switching Protocols, which no request asked for")
         end = _head_end(self.buf, self.head_start)
         if 100 <= status < 200 and status != 101:
             # An interim answer (103 Early Hints, a stray 100 Continue): not passed on; the
@@ -698,10 +829,7 @@ class Exchange:
         hop-by-hop headers out, this connection's own handling in."""
         if self.finished:
             return
-        self.responded = True
         self.status = status = up.status
-        if self.buffered:
-            self.body = []  # no sending again from here on
         start, end = up.head_start, up.head_end
         if start:
             buf = buf[start:]
@@ -716,6 +844,9 @@ class Exchange:
             and buf.endswith(b"\r\n\r\n", 0, end)
         ):
             # Framed by length or chunks: this connection's handling is at most one line more.
+            self.responded = True
+            if self.buffered:
+                self.body = []  # no sending again from here on
             if self.close_after:
                 extra = b"connection: close\r\n\r\n"
             elif req.version != b"1.1":
@@ -727,7 +858,14 @@ class Exchange:
             self.conn.write(b"".join((buf[: end - 2], extra, rest)))
             return
         fields = _HeadFields(buf[:end])
-        parts, length, chunked = _response_headers(fields.headers)
+        rewritten = _response_headers(fields.headers)
+        if rewritten is None:
+            self.upstream_failed(502, "model server sent an answer of ambiguous length")
+            return
+        self.responded = True
+        if self.buffered:
+            self.body = []
+        parts, length, chunked = rewritten
         parts[0] = b"HTTP/1.1 %d %s\r\n" % (status, fields.reason)
         no_body = up.no_body or status in _NO_BODY_STATUS
         # Without a length and unchunked, the answer ends when the model server closes the
@@ -791,6 +929,26 @@ class Exchange:
             return
         why = f": {exc}" if exc else ""
         self.upstream_failed(502, f"model server closed the connection{why}")
+
+    def reject(self, status: int, response: bytes) -> None:
+        """The request cannot be read to its end (its body broke off, or stopped coming): its
+        upstream connection, if any, is closed (it has part of the request: never pooled);
+        the client gets `response` unless its answer has begun; the connection ends."""
+        if self.finished:
+            return
+        if self.task is not None:
+            self.task.cancel()
+        up = self.upstream
+        if up is not None:
+            self.upstream = None
+            up.exchange = None
+            up.close()
+        if not self.responded:
+            self.responded = True
+            self.status = status
+            self.conn.write(response)
+        self._done(self.status, True)
+        self._finish(close=True)
 
     def upstream_failed(self, status: int, message: str) -> None:
         """The model server failed (502) or timed out (504)."""
@@ -858,8 +1016,27 @@ class Exchange:
 # --- client connections ----------------------------------------------------------------------
 
 
+class _Discard(dict):  # type: ignore[type-arg]
+    """Where a chunked request's trailer fields go once its head is parsed: they are not
+    relayed (the body is chunked anew, without them), and must not join the next request's
+    head (llhttp reports them as headers)."""
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        pass
+
+    def append(self, item: Any) -> None:
+        pass
+
+
+_DISCARD: Any = _Discard()
+
+
 class ClientConnection(asyncio.Protocol):
     """One client connection: requests parsed in order, answered in order, one at a time."""
+
+    # The answer that ends the connection once the requests before it are answered, when where
+    # a request ends cannot be told (see `_refuse_rest`); nothing more is read then.
+    _failed: bytes | None = None
 
     def __init__(self, front: HttpFront) -> None:
         self.front = front
@@ -873,7 +1050,10 @@ class ClientConnection(asyncio.Protocol):
         self.write_paused = False
         self.over_limit = False
         self.peer = ""
-        self.last_activity = self.loop.time()
+        self.last_activity = self.loop.time()  # the last read, or the last answer's end
+        # Since when the connection has had nothing to do (bytes that begin no request, such as
+        # empty lines, do not count), and when the head being read began.
+        self.idle_since = self._head_since = self.last_activity
         self.paused_by: set[str] = set()  # why reading is paused (several reasons may hold)
         self._starting = False
         self._in_head = False
@@ -893,12 +1073,28 @@ class ClientConnection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
         self.peer = peer[0] if isinstance(peer, tuple) else ""
-        self.front.conns.add(self)
-        self.over_limit = len(self.front.conns) > self.front.max_connections
+        front = self.front
+        count = front.per_address.get(self.peer, 0)
+        if count >= front.max_per_address:
+            # Refused at once, before anything is read: one source may not hold every slot.
+            self.closed = True
+            self.transport.write(_plain_response(503, "Too many connections from this address\n"))
+            self.transport.close()
+            return
+        front.per_address[self.peer] = count + 1
+        front.conns.add(self)
+        self.over_limit = len(front.conns) > front.max_connections
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self.front.conns.discard(self)
+        front = self.front
+        if self in front.conns:  # (not a connection refused in connection_made)
+            front.conns.discard(self)
+            count = front.per_address[self.peer] - 1
+            if count:
+                front.per_address[self.peer] = count
+            else:
+                del front.per_address[self.peer]
         self._abort_all()
 
     def data_received(self, data: bytes) -> None:
@@ -925,22 +1121,16 @@ class ClientConnection(asyncio.Protocol):
             self.pause_reading("upgrade")
             return
         except httptools.HttpParserError as exc:
-            if not self.closed:
-                if self.active is None:
-                    large = self._head_bytes > MAX_HEAD_BYTES
-                    self.write(
-                        _plain_response(431, "Request header fields too large\n")
-                        if large
-                        else _plain_response(400, f"Invalid HTTP request received: {exc}\n")
-                    )
-                self.close()
+            if self._head_bytes > MAX_HEAD_BYTES:
+                self._refuse_rest(431, "Request header fields too large")
+            else:
+                why = exc.__context__ if isinstance(exc.__context__, ValueError) else exc
+                self._refuse_rest(400, f"Invalid HTTP request received: {why}")
             return
         if self._in_head:  # a head that keeps coming (each header is counted once complete)
             self._raw_head += len(data)
-            if self._raw_head > 2 * MAX_HEAD_BYTES and not self.closed:
-                if self.active is None:
-                    self.write(_plain_response(431, "Request header fields too large\n"))
-                self.close()
+            if self._raw_head > 2 * MAX_HEAD_BYTES:
+                self._refuse_rest(431, "Request header fields too large")
         elif between and self._begun == begun + 1 and self.incoming is None:
             self._remember(data)
 
@@ -1000,6 +1190,9 @@ class ClientConnection(asyncio.Protocol):
         self._begun += 1
         self._in_head = True
         self._head_bytes = self._raw_head = 0
+        self._head_since = self.last_activity  # (the time of this read)
+        self._headers = []
+        self._fields = {}
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -1016,18 +1209,22 @@ class ClientConnection(asyncio.Protocol):
             self._head_bytes = MAX_HEAD_BYTES + 1
             raise ValueError("request head too large")  # answered 431 in data_received
         parser = self.parser
+        version = parser.get_http_version()
+        headers, fields = self._headers, self._fields
+        self._headers = self._fields = _DISCARD  # trailers, if any (see _Discard)
         req = Request(
             parser.get_method(),
             self._url,
-            self._headers,
-            self._fields,
-            b"1.1" if parser.get_http_version() == "1.1" else b"1.0",
+            headers,
+            fields,
+            b"1.1" if version == "1.1" else b"1.0",
             parser.should_keep_alive(),
             self.peer,
         )
         self._url = b""
-        self._headers = []
-        self._fields = {}
+        why = framing_error(req, version, len(headers) != len(fields))
+        if why:
+            raise ValueError(why)  # answered 400 in data_received, in its turn
         self._last = req
         ex = Exchange(self, req)
         self.incoming = ex
@@ -1061,21 +1258,26 @@ class ClientConnection(asyncio.Protocol):
                 self.active = ex
                 req = ex.req
                 try:
-                    if req.target.startswith(b"/") and req.method != b"CONNECT":
-                        if self.over_limit:
-                            ex.close_after = True
-                            ex.refuse(503, "the server is at its connection limit: try later")
-                        else:
-                            self.front.dispatch(ex)
-                    elif req.target.startswith((b"http://", b"https://")):  # RFC 9112 3.2.2
+                    if (
+                        req.target.startswith(b"/")
+                        and req.method != b"CONNECT"
+                        and not self.over_limit
+                    ):
+                        self.front.dispatch(ex)
+                    elif req.method == b"CONNECT" or not req.target.startswith(
+                        (b"/", b"http://", b"https://")
+                    ):  # (tunnels are not relayed, whatever the target's form)
+                        ex.close_after = True
+                        ex.refuse(400, f"request target {req.target!r} is not supported here")
+                    elif self.over_limit:
+                        ex.close_after = True
+                        ex.refuse(503, "the server is at its connection limit: try later")
+                    else:  # absolute form (RFC 9112 3.2.2)
                         url = httptools.parse_url(req.target)
-                        target = url.path + (b"?" + url.query if url.query else b"")
+                        target = (url.path or b"/") + (b"?" + url.query if url.query else b"")
                         req.target = target
                         req.path, _, req.query = target.partition(b"?")
                         self.front.dispatch(ex)
-                    else:
-                        ex.close_after = True
-                        ex.refuse(400, f"request target {req.target!r} is not supported here")
                 except Exception:
                     log.exception("handling %s failed", req.target)
                     ex.upstream_failed(502, "the gateway failed; see its log")
@@ -1093,13 +1295,42 @@ class ClientConnection(asyncio.Protocol):
         if close:
             self.close()
             return
-        self.last_activity = self.loop.time()
+        self.idle_since = self.last_activity = self.loop.time()
         if self.paused_by:
             self.resume_reading("pipeline")
         if self.waiting:
             if not self._starting:
                 self._start(self.waiting.popleft())
+        elif self._failed is not None:  # the requests before the unreadable one are answered
+            self.write(self._failed)
+            self.close()
         elif self.front.shutting_down and self.incoming is None and not self._in_head:
+            self.close()
+
+    def _refuse_rest(self, status: int, message: str) -> None:
+        """Where the message being read ends cannot be told (it is malformed, or framed in a
+        way that the server behind might read otherwise): nothing more is read or relayed on
+        this connection. The requests before it are answered; then `status`, in its place, and
+        the connection ends. If its request was being relayed already (its body broke off),
+        that upstream connection is closed, never pooled."""
+        if self.closed or self._failed is not None:
+            return
+        response = _plain_response(status, message + "\n")
+        self._failed = response
+        self.pause_reading("refused")
+        ex, self.incoming = self.incoming, None
+        if ex is not None:
+            if ex.finished:  # answered already (refused): only the connection's end is left
+                self._failed = b""
+            elif ex is self.active:
+                ex.reject(status, response)
+                return
+            else:  # pipelined behind the active one: nothing of it went anywhere
+                if ex in self.waiting:
+                    self.waiting.remove(ex)
+                ex.abort()
+        if self.active is None:
+            self.write(self._failed)
             self.close()
 
     # transport helpers
@@ -1119,6 +1350,7 @@ class ClientConnection(asyncio.Protocol):
         self.paused_by.discard(why)
         if not self.paused_by and self.transport is not None and not self.closed:
             self.transport.resume_reading()
+            self.last_activity = self.loop.time()  # (a body's pause counts from here)
 
     def _abort_all(self) -> None:
         pending = [self.active, *self.waiting, self.incoming]
@@ -1142,13 +1374,24 @@ class ClientConnection(asyncio.Protocol):
         return self.active is None and self.incoming is None and not self._in_head
 
     def check(self, now: float) -> None:
-        """Timeouts: the active exchange's upstream, and idle keep-alive connections."""
-        if self.active is not None:
-            self.active.check_timeout(now)
-        elif now - self.last_activity > KEEP_ALIVE_SECONDS and (
-            self.incoming is None or self.incoming.finished
-        ):
-            self.close()  # idle, a head that stopped coming, or a refused body that did
+        """Timeouts: the active exchange's upstream and its body's pauses, a head that takes
+        too long, and idle keep-alive connections."""
+        ex = self.active
+        if ex is not None:
+            # (not while the relay itself holds the body back: reading paused)
+            idle = now - self.last_activity > BODY_IDLE_SECONDS and not self.paused_by
+            if idle and not ex.body_done:
+                ex.reject(408, _plain_response(408, "Request body not received in time\n"))
+            else:
+                ex.check_timeout(now)
+        elif self._in_head:
+            if now - self._head_since > self.front.head_seconds:
+                self._refuse_rest(408, "Request head not received in time")
+        elif self.incoming is not None:  # a refused request's body, still read (and dropped)
+            if now - self.last_activity > KEEP_ALIVE_SECONDS:
+                self.close()
+        elif now - self.idle_since > KEEP_ALIVE_SECONDS:
+            self.close()
 
     def shutdown(self) -> None:
         """Graceful shutdown: idle connections close now, others after their answer."""
@@ -1173,6 +1416,8 @@ class HttpFront:
         min_timeout: float | None = None,
         max_connections: int = MAX_CONNECTIONS,
         tick: Callable[[], None] | None = None,
+        head_seconds: float = HEAD_SECONDS,
+        max_per_address: int = MAX_PER_ADDRESS,
     ) -> None:
         self.dispatch = dispatch
         self.tick = tick  # run with the timeout checks (the gateway's metrics)
@@ -1180,9 +1425,14 @@ class HttpFront:
         self.pool = UpstreamPool(self.loop)
         self.conns: set[ClientConnection] = set()
         self.max_connections = max_connections
+        self.head_seconds = head_seconds
+        self.max_per_address = max_per_address
+        self.per_address: dict[str, int] = {}  # client connections open, per peer address
         self.shutting_down = False
         self._server: asyncio.AbstractServer | None = None
-        self._watch_seconds = min(WATCH_SECONDS, (min_timeout or WATCH_SECONDS) / 4)
+        self._watch_seconds = min(
+            WATCH_SECONDS, (min_timeout or WATCH_SECONDS) / 4, head_seconds / 4
+        )
         self._watcher: asyncio.Task[None] | None = None
 
     async def start(self, sock: socket.socket) -> None:

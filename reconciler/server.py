@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import ipaddress
 import logging
 import os
 import shutil
@@ -38,7 +39,15 @@ from .engine import Engine
 from .errors import UserError
 from .gateway import PREFIX, Gateway
 from .metrics import CONTENT_TYPE, Metrics
-from .relay import HOP_BY_HOP, Exchange, HttpFront, request_head
+from .relay import (
+    HEAD_SECONDS,
+    HOP_BY_HOP,
+    MAX_PER_ADDRESS,
+    Exchange,
+    HttpFront,
+    Request,
+    request_head,
+)
 from .routes import Route, RouteTable
 
 REFRESH_SECONDS = 0.5
@@ -51,6 +60,7 @@ Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 log = logging.getLogger("reconciler.server")
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 @dataclass(frozen=True)
@@ -60,9 +70,12 @@ class ServeOptions:
     port: int = 8000
     auth: bool = True
     credentials: Path | None = None  # default: default_credentials_path(instance)
-    api_url: str | None = None  # public base URL; default: Settings.apiUrl, else the request's
+    api_url: str | None = None  # public base URL; default: Settings.apiUrl, else host:port
+    trusted_proxies: tuple[Network, ...] = ()  # whose Host and X-Forwarded-* to believe
     timeout: float = 300.0
     refresh_seconds: float = REFRESH_SECONDS
+    head_timeout: float = HEAD_SECONDS  # a request head must be whole this long after it began
+    max_connections_per_address: int = MAX_PER_ADDRESS  # beyond, refused (503) at once
 
 
 class BackgroundReconciler:
@@ -223,27 +236,74 @@ class ApiRelay:
     """Relays what is not inference to the AI API's uvicorn, on the unix socket `path`: the
     caller's headers as they are (Authorization included), less hop-by-hop ones.
 
-    Forwarded-header trust stays what uvicorn applied on the public port (`X-Forwarded-*` from
-    127.0.0.1 only): the internal uvicorn trusts the relay, and the relay passes those headers
-    on only from a loopback caller; for others it says who the caller was."""
+    The internal uvicorn believes the relay's X-Forwarded-For and -Proto (only the relay reaches
+    its socket), and URLs it builds (deploymentUrl) take the Host header; so the relay believes
+    those headers only from a trusted proxy (`serve --trusted-proxy`, none by default). For any
+    other caller it drops them, says who the caller was, and gives as Host the address serve
+    listens on (`listen`): a caller's Host never becomes a deploymentUrl."""
 
-    _LOOPBACK = frozenset({"127.0.0.1", "::1"})
-    _UNTRUSTED = HOP_BY_HOP | {b"x-forwarded-for", b"x-forwarded-proto"}
+    _UNTRUSTED = HOP_BY_HOP | {b"x-forwarded-for", b"x-forwarded-proto", b"host"}
+    _PROXIED = HOP_BY_HOP | {b"x-forwarded-for"}
 
-    def __init__(self, path: str) -> None:
+    def __init__(
+        self, path: str, listen: str = "127.0.0.1", trusted: tuple[Network, ...] = ()
+    ) -> None:
         self.address = "unix:" + path
+        self.listen = listen.encode()
+        self.trusted = trusted
 
     def handle(self, ex: Exchange) -> None:
         req = ex.req
-        if req.peer in self._LOOPBACK:
-            drop = HOP_BY_HOP
-            forwarded = b"x-forwarded-for" in req.fields
+        if self._trusts(req.peer):
+            host = None if b"host" in req.fields else self.listen
+            extra = b"X-Forwarded-For: %s\r\n" % self._client(req).encode()
+            head = request_head(req, req.target, self._PROXIED, host=host, extra=extra)
         else:
-            drop = self._UNTRUSTED
-            forwarded = False
-        extra = b"" if forwarded else b"X-Forwarded-For: %s\r\n" % req.peer.encode()
-        head = request_head(req, req.target, drop, extra=extra)
+            extra = b"X-Forwarded-For: %s\r\n" % req.peer.encode()
+            head = request_head(req, req.target, self._UNTRUSTED, host=self.listen, extra=extra)
         ex.forward(self.address, head, timeout=None)
+
+    def _trusts(self, address: str) -> bool:
+        if not self.trusted:
+            return False
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped  # a dual-stack socket's IPv4 caller
+        return any(ip in network for network in self.trusted)
+
+    def _client(self, req: Request) -> str:
+        """Who called the trusted proxies: X-Forwarded-For read from the right (each proxy
+        appends its caller), the first address that is not a trusted proxy. Entries left of
+        it came from the caller, who may write anything there."""
+        chain = [
+            entry.strip()
+            for name, _, value in req.headers
+            if name == b"x-forwarded-for"
+            for entry in value.decode("latin-1").split(",")
+        ]
+        client = req.peer
+        for entry in reversed(chain):
+            try:
+                client = str(ipaddress.ip_address(entry))
+            except ValueError:
+                break  # not an address: what the last good hop said stands
+            if not self._trusts(client):
+                break
+        return client
+
+
+def listen_address(sock: socket.socket) -> str:
+    """host:port of the listening socket, for URLs when no apiUrl is set. A wildcard address
+    (0.0.0.0, ::) names no host: this machine's name stands in for it."""
+    host, port = sock.getsockname()[:2]
+    if ipaddress.ip_address(host).is_unspecified:
+        host = socket.gethostname()
+    elif ":" in host:
+        host = f"[{host}]"
+    return f"{host}:{port}"
 
 
 class _ApiServer:
@@ -309,8 +369,14 @@ async def _serve(app: App, sock: socket.socket, options: ServeOptions) -> int | 
     api = _ApiServer(app)
     try:
         await api.start()
-        app.api_relay = ApiRelay(api.path)
-        front = HttpFront(app.dispatch, min_timeout=options.timeout, tick=app.gateway.flush_metrics)
+        app.api_relay = ApiRelay(api.path, listen_address(sock), options.trusted_proxies)
+        front = HttpFront(
+            app.dispatch,
+            min_timeout=options.timeout,
+            tick=app.gateway.flush_metrics,
+            head_seconds=options.head_timeout,
+            max_per_address=options.max_connections_per_address,
+        )
         await front.start(sock)
         # What exists now lives as long as the server: out of the cyclic collector's sight, so
         # that its full collections do not walk the frameworks' objects again and again.
@@ -361,6 +427,9 @@ def serve(options: ServeOptions) -> None:
     else:
         log.info("clients from %s; tokens at %s/oauth/token", app.credentials.path, where)
     log.info("serving deployment URLs %s%s<id> and the AI API %s/v2/lm", where, PREFIX, where)
+    if options.trusted_proxies:
+        proxies = ", ".join(map(str, options.trusted_proxies))
+        log.info("Host and X-Forwarded-* are believed from trusted proxies %s only", proxies)
     try:
         import uvloop
 
