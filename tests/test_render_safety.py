@@ -416,7 +416,10 @@ import resource, sys
 resource.setrlimit(resource.RLIMIT_AS, (6 << 30, 6 << 30))
 from reconciler.cli import main
 code = main(sys.argv[1:])
-sys.stderr.write("\\npeak-rss-kib=%d\\n" % resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+# VmHWM, not getrusage's ru_maxrss: Linux carries ru_maxrss over fork and exec, so a child of
+# a large pytest process would report the parent's size.
+hwm = next(l for l in open("/proc/self/status") if l.startswith("VmHWM:")).split()[1]
+sys.stderr.write("\\npeak-rss-kib=%s\\n" % hwm)
 sys.exit(code)
 """
 PEAK_RSS_LIMIT_MIB = 300  # a process that loads the package is about 60–90 MiB
