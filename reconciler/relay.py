@@ -938,11 +938,7 @@ class Exchange:
             return
         if self.task is not None:
             self.task.cancel()
-        up = self.upstream
-        if up is not None:
-            self.upstream = None
-            up.exchange = None
-            up.close()
+        self._drop_upstream()
         if not self.responded:
             self.responded = True
             self.status = status
@@ -950,15 +946,20 @@ class Exchange:
         self._done(self.status, True)
         self._finish(close=True)
 
-    def upstream_failed(self, status: int, message: str) -> None:
-        """The model server failed (502) or timed out (504)."""
-        if self.finished:
-            return
+    def _drop_upstream(self) -> None:
+        """Closes this exchange's upstream connection, if any: it may hold part of a message,
+        so it is never pooled again."""
         up = self.upstream
         if up is not None:
             self.upstream = None
             up.exchange = None
             up.close()
+
+    def upstream_failed(self, status: int, message: str) -> None:
+        """The model server failed (502) or timed out (504)."""
+        if self.finished:
+            return
+        self._drop_upstream()
         if self.responded:
             log.warning("%s: answer cut off: %s", self.address, message)
             self._done(self.status, False)
@@ -982,11 +983,7 @@ class Exchange:
         self.finished = True
         if self.task is not None:
             self.task.cancel()
-        up = self.upstream
-        if up is not None:
-            self.upstream = None
-            up.exchange = None
-            up.close()
+        self._drop_upstream()
         if self.handler is not None:
             # 499 as nginx logs it: the client closed the connection before the answer ended
             self._done(self.status if self.responded else 499, True)
