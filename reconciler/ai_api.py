@@ -42,9 +42,9 @@ from .observe import observe
 from .plan import DEAD_RETENTION
 from .record import FileVersion, file_version, parse_iso, read_snapshot
 from .render import artifact_url_problem
-from .sources import yaml_paths
+from .sources import API_FOLDER, yaml_paths
 from .status import deployment_statuses
-from .writeback import API_FOLDER, WriteBack, Written
+from .writeback import WriteBack, Written
 
 API_VERSION = "2.42.0"
 ID_PATTERN = r"^[\w.-]{4,64}$"

@@ -163,15 +163,9 @@ class Settings:
     api_url: str | None = None  # public base URL of `reconciler serve`, without trailing /
     retirement_warning_days: int = 30
     gpus: tuple[str, ...] = ()
+    # spec.artifactRoots: host folders `file:` artifacts may point into besides the root.
+    artifact_roots: tuple[str, ...] = ()
     doc: Document | None = field(default=None, compare=False, repr=False)
-
-    @property
-    def artifact_roots(self) -> tuple[str, ...]:
-        """`spec.artifactRoots`: host folders `file:` artifacts may point into besides the
-        root. Read from the (schema-checked) document, so that loading needs no change."""
-        spec = self.doc.body.get("spec") if self.doc is not None else None
-        roots = spec.get("artifactRoots") if isinstance(spec, dict) else None
-        return tuple(roots) if isinstance(roots, list) else ()
 
 
 RGKey = tuple[str, str]  # (resource group, id)

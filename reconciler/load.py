@@ -258,6 +258,7 @@ def _settings(doc: Document, spec: dict[str, Any]) -> Settings:
         api_url=spec["apiUrl"].rstrip("/") if spec.get("apiUrl") else None,
         retirement_warning_days=spec.get("retirementWarningDays", 30),
         gpus=tuple(spec.get("gpus", ())),
+        artifact_roots=tuple(spec.get("artifactRoots", ())),
         doc=doc,
     )
 

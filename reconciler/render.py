@@ -68,7 +68,7 @@ from .errors import Problem, RenderError, did_you_mean
 from .kinds import Artifact, Configuration, Repository, RGKey, ServingTemplate
 from .kserve import STORAGE_URI, to_draft
 from .resource_plans import DEFAULT_PLAN
-from .sources import Document
+from .sources import API_FOLDER, Document
 from .sources import (
     _Loader as _ManifestLoader,
 )  # the manifest rules: no duplicate keys, dates as text
@@ -950,8 +950,6 @@ def _container_draft(template: ServingTemplate, inputs: Inputs) -> Draft:
 # -- where file: artifacts may point --------------------------------------------------------
 
 MODEL_FOLDERS = ("models",)  # the GitOps root's model folders
-# writeback.API_FOLDER (not imported: writeback imports this module through desired).
-API_FOLDER = "manifests/api"
 
 
 def from_api(doc: Document | None) -> bool:

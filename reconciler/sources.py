@@ -30,6 +30,9 @@ import yaml
 from .errors import Problem, UserError
 
 MANIFEST_FOLDERS = ("manifests", "templates")
+# Where the AI API writes the objects tenants create (writeback), and so what render treats as a
+# tenant's document.
+API_FOLDER = "manifests/api"
 YAML_SUFFIXES = (".yaml", ".yml")
 # A manifest is a few KiB; a bound keeps a stray data file (or a merged 50 MiB blob) from
 # being parsed in full on every pass of a watch loop.

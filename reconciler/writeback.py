@@ -25,8 +25,6 @@ from .errors import ManifestError, UserError
 from .record import write_atomic
 from .sources import Document, SourceFile, read_tree
 
-API_FOLDER = "manifests/api"  # where objects created through the API are written
-
 
 def _yaml() -> Any:
     from ruamel.yaml import YAML

@@ -27,12 +27,11 @@ from tests.engine_support import (
     deployment,
     docs,
     free_port,
-    request,
     served_host,
     settings,
     wait_for,
 )
-from tests.test_ai_api import add_client
+from tests.test_ai_api import add_client, token
 
 pytestmark = pytest.mark.engine
 
@@ -50,23 +49,6 @@ def ask(port: int, raw: bytes, source: str = "127.0.0.1") -> tuple[int, dict[str
     with socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(source, 0)) as s:
         s.sendall(raw)
         return answer(s)
-
-
-def token(server: Server, client: dict[str, Any]) -> str:
-    form = urllib.parse.urlencode(
-        {
-            "grant_type": "client_credentials",
-            "client_id": client["clientId"],
-            "client_secret": client["clientSecret"],
-        }
-    ).encode()
-    code, _, body = request(
-        f"{server.base}/oauth/token",
-        data=form,
-        headers={"Content-Type": "application/x-www-form-urlencoded"},
-    )
-    assert code == 200, body
-    return json.loads(body)["access_token"]
 
 
 @pytest.fixture

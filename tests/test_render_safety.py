@@ -27,7 +27,7 @@ from reconciler import render
 from reconciler.desired import desired_state
 from reconciler.errors import ManifestError
 from reconciler.load import load
-from reconciler.writeback import API_FOLDER
+from reconciler.sources import API_FOLDER
 from tests.conftest import ECHO_MANIFESTS, ECHO_TEMPLATE, PROJECT, cli
 
 # -- finding 1a: values never change the structure of the spec --------------------------------
