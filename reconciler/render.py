@@ -34,10 +34,9 @@ import re
 import secrets
 import time
 import types
-import weakref
 from collections import abc
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -957,30 +956,10 @@ def from_api(doc: Document | None) -> bool:
     return doc is not None and doc.file.path.startswith(API_FOLDER + "/")
 
 
-@dataclass
-class _Resolved:
-    """Paths resolved for one loaded Repository. Every desired_state (validate, plan, each
-    reconcile pass, each API write) loads the manifests anew, so every rendering resolves them
-    anew; within one, the artifact check and the rendering of its configurations share them."""
-
-    places: dict[bool, list[str]] = field(default_factory=dict)
-    paths: dict[tuple[str, bool], str | ValueError] = field(default_factory=dict)
-
-
-_RESOLVED: weakref.WeakKeyDictionary[Repository, _Resolved] = weakref.WeakKeyDictionary()
-
-
 def artifact_places(repo: Repository, tenant: bool) -> list[str]:
     """The real folders `file:` artifacts may resolve into. Operators (git): the GitOps root,
     its model folders (which may be links the operator placed) and Settings
     `spec.artifactRoots`. Tenants (the AI API): the model folders and `artifactRoots` only."""
-    resolved = _RESOLVED.setdefault(repo, _Resolved())
-    if tenant not in resolved.places:
-        resolved.places[tenant] = _places(repo, tenant)
-    return resolved.places[tenant]
-
-
-def _places(repo: Repository, tenant: bool) -> list[str]:
     root = os.path.realpath(repo.root)
     places = [] if tenant else [root]
     places += [os.path.realpath(os.path.join(root, folder)) for folder in MODEL_FOLDERS]
@@ -1010,20 +989,6 @@ def _file_path(root: Path, uri: str) -> str:
 def artifact_host_path(repo: Repository, uri: str, tenant: bool) -> str:
     """The real host path of a `file:` URL (symlinks followed), if it lies where artifacts may
     point; ValueError with a one-line problem otherwise."""
-    known = _RESOLVED.setdefault(repo, _Resolved()).paths
-    key = (uri, tenant)
-    if key not in known:
-        try:
-            known[key] = _resolve(repo, uri, tenant)
-        except ValueError as exc:
-            known[key] = exc
-    found = known[key]
-    if isinstance(found, ValueError):
-        raise ValueError(str(found))
-    return found
-
-
-def _resolve(repo: Repository, uri: str, tenant: bool) -> str:
     real = os.path.realpath(_file_path(repo.root, uri))
     for place in artifact_places(repo, tenant):
         if os.path.commonpath((real, place)) == place:
