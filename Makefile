@@ -39,6 +39,7 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check reconciler tests bench runtimes scripts/lock
 	$(BIN)/ruff format --check reconciler tests bench runtimes scripts/lock
+	$(BIN)/lint-imports
 
 # A Docker engine (started, or installed, when missing) and the tiny image engine tests use.
 docker:

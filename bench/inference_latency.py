@@ -14,7 +14,7 @@ Three routes to the same container:
 * container: the container's own address on its bridge network, no relay at all: the floor,
   shown for reference (left out where this host cannot reach it: Docker Desktop, rootless).
 * gateway: the deploymentUrl through `reconciler serve`, with its bearer token. Where the host
-  owns the bridge, the gateway relays to the container's own address (reconciler.routes), so
+  owns the bridge, the gateway relays to the container's own address (reconciler.serve.routes), so
   its path has one relay, as direct's has.
 
 Two APIs: V1 `POST /v1/models/churn:predict` with SAP AI Core's sample flat record, and V2

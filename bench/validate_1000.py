@@ -135,7 +135,7 @@ def main() -> None:
             cli_times.append(time.perf_counter() - t0)
             if out.returncode != 0:
                 sys.exit(f"validate failed:\n{out.stdout}{out.stderr}")
-        from reconciler.desired import desired_state
+        from reconciler.manifests.desired import desired_state
 
         core_times = []
         for _ in range(5):

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.cli import main
+from reconciler.cli.main import main
 
 # Per-instance files the tool keeps outside the GitOps root (credentials of `serve`, the key of
 # the secret-value digests) go to ~/.config/reconciler/<instance>/: the tests' instances keep

@@ -16,11 +16,11 @@ import httptools
 import pytest
 import uvloop
 
-from reconciler.engine import Engine
-from reconciler.gateway import Gateway
-from reconciler.observe import observe
-from reconciler.relay import BUFFER_LIMIT, MAX_HEAD_BYTES, HttpFront
-from reconciler.routes import Route, build_routes, host_owns, relay_targets
+from reconciler.backends.docker.engine import Engine
+from reconciler.core.observe import observe
+from reconciler.serve.gateway import Gateway
+from reconciler.serve.relay import BUFFER_LIMIT, MAX_HEAD_BYTES, HttpFront
+from reconciler.serve.routes import Route, build_routes, host_owns, relay_targets
 from tests.engine_support import (
     TEST_IMAGE,
     Server,
@@ -211,7 +211,7 @@ def test_only_the_hosts_own_addresses_count_as_owned():
 
 # --- the relay in-process: a stub routing table and a fake model server on this loop ---------
 #
-# These need no engine: they drive the gateway's own HTTP/1.1 front (reconciler.relay) with raw
+# These need no engine: they drive the gateway's own HTTP/1.1 front (reconciler.serve.relay) with raw
 # sockets, against a model server whose behaviour each path chooses, to check what the
 # container tests cannot time: keep-alive reuse, pipelining, 100-continue, disconnects, pooled
 # connections closed by the server, timeouts, retries after a refused connection.

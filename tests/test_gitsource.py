@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from reconciler.errors import ManifestError, UserError
-from reconciler.gitsource import read_commit
-from reconciler.sources import read_tree
+from reconciler.manifests.gitsource import read_commit
+from reconciler.manifests.sources import read_tree
 from tests.conftest import ECHO_MANIFESTS, ECHO_TEMPLATE, git, write_tree
 
 

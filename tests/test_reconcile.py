@@ -544,7 +544,7 @@ def test_git_revision_is_recorded_on_containers_and_state(host):
         [*git, "rev-parse", "HEAD"], capture_output=True, text=True
     ).stdout.strip()
     host.reconcile()
-    assert host.container_of("tiny")["Labels"]["reconciler.revision"] == head
+    assert host.container_of("tiny")["Labels"]["reconciler.manifests.revision"] == head
     assert host.snapshot()["revision"] == head
 
 
@@ -563,7 +563,7 @@ def test_logs_tail_and_since(host):
 
 
 def test_a_second_reconcile_waits_then_fails_clearly(host):
-    from reconciler.record import instance_lock
+    from reconciler.core.record import instance_lock
 
     host.write(docs(configuration("tiny-v1"), deployment("tiny", "tiny-v1")))
     with instance_lock(host.root):

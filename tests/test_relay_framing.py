@@ -46,10 +46,10 @@ import uvloop
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
-from reconciler.gateway import Gateway
-from reconciler.relay import HttpFront
-from reconciler.routes import Route
-from reconciler.server import ApiRelay
+from reconciler.serve.gateway import Gateway
+from reconciler.serve.relay import HttpFront
+from reconciler.serve.routes import Route
+from reconciler.serve.server import ApiRelay
 
 DEP = "d0123456789abcde"
 GATEWAY = f"/v2/inference/deployments/{DEP}".encode()

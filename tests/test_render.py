@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from reconciler import render as render_module
-from reconciler.desired import desired_state
 from reconciler.errors import ManifestError
+from reconciler.manifests import render as render_module
+from reconciler.manifests.desired import desired_state
 from tests.conftest import ECHO_MANIFESTS, ECHO_TEMPLATE, FIXTURES, cli
 
 

@@ -23,11 +23,11 @@ from typing import Any
 
 import pytest
 
-from reconciler import render
-from reconciler.desired import desired_state
 from reconciler.errors import ManifestError
-from reconciler.load import load
-from reconciler.sources import API_FOLDER
+from reconciler.manifests import render
+from reconciler.manifests.desired import desired_state
+from reconciler.manifests.load import load
+from reconciler.manifests.sources import API_FOLDER
 from tests.conftest import ECHO_MANIFESTS, ECHO_TEMPLATE, PROJECT, cli
 
 # -- finding 1a: values never change the structure of the spec --------------------------------
@@ -414,7 +414,7 @@ def test_a_model_path_made_from_a_parameter_is_checked_when_rendering(gitops):
 _CHILD = """
 import resource, sys
 resource.setrlimit(resource.RLIMIT_AS, (6 << 30, 6 << 30))
-from reconciler.cli import main
+from reconciler.cli.main import main
 code = main(sys.argv[1:])
 # VmHWM, not getrusage's ru_maxrss: Linux carries ru_maxrss over fork and exec, so a child of
 # a large pytest process would report the parent's size.

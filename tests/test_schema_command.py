@@ -9,7 +9,7 @@ import pytest
 import yaml
 from jsonschema import Draft202012Validator
 
-from reconciler.schema import KINDS
+from reconciler.manifests.schema import KINDS
 from tests.conftest import FIXTURES, PROJECT, cli
 
 

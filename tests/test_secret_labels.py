@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.desired import desired_state
+from reconciler.manifests.desired import desired_state
 from tests.conftest import cli
 from tests.engine_support import Host, configuration, deployment, docs, settings
 
@@ -131,11 +131,11 @@ def test_a_short_secret_cannot_be_guessed_back_from_what_is_written(secret_host,
 def test_containers_labelled_by_an_earlier_release_are_kept(secret_host, monkeypatch):
     """An earlier release labelled secret values unsealed (hash version 1). Upgrading must not
     replace, settle or re-record such a container; its next configuration change seals."""
-    from reconciler.spec import UNSEALED
+    from reconciler.manifests.spec import UNSEALED
 
     host = secret_host
     with monkeypatch.context() as m:  # the earlier release: no key, plain digests
-        m.setattr("reconciler.reconcile.instance_hashing", lambda instance: UNSEALED)
+        m.setattr("reconciler.core.reconcile.instance_hashing", lambda instance: UNSEALED)
         host.reconcile()
     old = host.container_of("secret")
     fields = json.loads(old["Labels"]["reconciler.fields"])
@@ -168,8 +168,8 @@ def test_containers_labelled_by_an_earlier_release_are_kept(secret_host, monkeyp
 
 
 def test_the_key_is_made_once_private_and_refused_when_open(gitops, config_home):
+    from reconciler.core.record import label_key, label_key_path
     from reconciler.errors import UserError
-    from reconciler.record import label_key, label_key_path
 
     # Only hashing a secret value needs the key: validate makes none.
     root = gitops(

@@ -124,7 +124,7 @@ def test_a_full_disk_replaces_nothing(host, small_state):
 def test_a_write_that_fails_after_the_check_is_one_line(host, small_state, monkeypatch):
     """Space can run out during a pass, after the check: the pass's changes stay, and the
     failure to record them is one line saying what to do, not a traceback."""
-    monkeypatch.setattr("reconciler.reconcile.check_state_writable", lambda root: None)
+    monkeypatch.setattr("reconciler.core.reconcile.check_state_writable", lambda root: None)
     host.write(manifests("tiny-v1"))
     fill(small_state)
     result = host.reconcile(ok=False)  # in-process: any other exception fails the test here

@@ -1,0 +1,124 @@
+"""Human-readable output for the command line: plans, progress and status tables.
+
+Plain, stable text when the output is not a terminal (golden tests and CI logs rely on it);
+colour and a live progress bar only on a terminal.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from typing import Any
+
+import click
+
+from ..core.plan import Action, Plan
+
+_COLOURS = {
+    Action.CREATE: "green",
+    Action.UPDATE: "yellow",
+    Action.REPLACE: "yellow",
+    Action.STOP: "red",
+    Action.DELETE: "red",
+}
+
+
+def plan_text(plan: Plan, colour: bool = False) -> list[str]:
+    lines = []
+    for change in plan.changes:
+        group = "" if change.resource_group == "default" else f" [{change.resource_group}]"
+        head = f"{change.symbol:>3} {change.action.value:<7} {change.name}{group}"
+        head += f" ({change.deployment_id})"
+        if colour:
+            head = click.style(head, fg=_COLOURS[change.action])
+        lines.append(f"{head}: {change.cause}")
+        if change.failure:
+            lines.append(f"      will fail: {change.failure}")
+        if change.gpus:
+            lines.append(
+                f"      GPUs: {', '.join(change.gpus)}"
+                + (" (stop first)" if change.stop_first else "")
+            )
+    for pending in plan.settle:
+        lines.append(
+            f"    wait    {pending.desired.name} ({pending.desired.id}): containers run; "
+            "readiness not confirmed yet"
+        )
+    for warning in plan.warnings:
+        lines.append(
+            ("warning: " if not colour else click.style("warning: ", fg="yellow")) + warning
+        )
+    lines.append(plan.summary())
+    return lines
+
+
+class Progress:
+    """Reports apply's outcomes: one line per finished deployment, under a live bar on a
+    terminal. Callable as apply's reporter; `start` once the plan is accepted."""
+
+    def __init__(self, live: bool) -> None:
+        self._live = live
+        self._lock = threading.Lock()
+        self._bar: Any = None
+        self._task: Any = None
+
+    def start(self, total: int) -> None:
+        if not self._live or total == 0:
+            return
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, SpinnerColumn, TextColumn
+        from rich.progress import Progress as Bar
+
+        self._bar = Bar(
+            SpinnerColumn(),
+            TextColumn("applying"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            console=Console(file=sys.stderr),
+            transient=True,
+        )
+        self._bar.start()
+        self._task = self._bar.add_task("apply", total=total)
+
+    def __call__(self, name: str, line: str) -> None:
+        with self._lock:
+            if self._bar is None:
+                click.echo(line)
+                return
+            self._bar.console.print(line, markup=False, highlight=False)
+            self._bar.advance(self._task)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
+
+
+def status_table(items: list[dict[str, Any]]) -> str:
+    if not items:
+        return "no deployments"
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(box=None, pad_edge=False, show_edge=False)
+    for column in ("NAME", "ID", "STATUS", "TARGET", "CONFIGURATION", "URL", "MESSAGE"):
+        table.add_column(column, overflow="fold")
+    for s in items:
+        name = (
+            s["name"] if s["resourceGroup"] == "default" else f"{s['name']} [{s['resourceGroup']}]"
+        )
+        cells = (
+            name,
+            s["id"],
+            s["status"],
+            s["targetStatus"],
+            s["configurationId"],
+            s["deploymentUrl"],
+            s["statusMessage"],
+        )
+        table.add_row(*(Text(c or "") for c in cells))  # Text: no markup in user data
+    console = Console(width=200, no_color=True, highlight=False)
+    with console.capture() as captured:
+        console.print(table)
+    return "\n".join(line.rstrip() for line in captured.get().splitlines())

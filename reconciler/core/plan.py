@@ -1,0 +1,707 @@
+"""Plan: desired state vs. observed containers and the last snapshot → changes, each with a cause.
+
+A pure function over plain data. Symbols follow Terraform: `+` create, `~` update in place,
+`-/+` replace, `-` stop or delete. AI Core's rules are enforced here, before anything changes:
+
+* a STOPPED deployment cannot be restarted (create a new deployment instead);
+* a new configuration must keep the deployment's scenario and executable;
+* a DEAD deployment may get a new configuration within 7 days, and stays DEAD (no retry loop)
+  until its configuration (or image) changes;
+* a deployment whose ttl expired is stopped and deleted, and not recreated under that name;
+* a deployment DEAD for more than 7 days is deleted (a tombstone keeps the name from returning);
+* a container that dies or disappears outside the reconciler is restored, with an exponential
+  backoff between restores; one that keeps dying is DEAD ("crash loop") after RESTORE_LIMIT.
+
+`deadlines` (and a plan's `waits`, its deferred restores) say when the plan changes by the
+clock alone (ttl, DEAD retention, the end of a restore backoff): a watch loop wakes up then.
+
+Replacement is start-first (zero downtime) unless the host's GPU inventory has no free GPU for
+the new container, in which case the old one is stopped first.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from ..errors import Problem, UserError
+from ..manifests.catalog import retirement_notice
+from ..manifests.crosscheck import ttl_minutes
+from ..manifests.desired import DesiredDeployment, DesiredState
+from ..manifests.spec import UNSEALED, UNSEALED_HASH_VERSION, Hashing, Identity
+from .observe import Observed, ObservedContainer
+from .record import Record, Snapshot, iso, parse_iso
+
+FORMAT_VERSION = 1
+DEAD_RETENTION = timedelta(days=7)
+# Drift restores: the first at once, then 1 s, 2 s, 4 s ... (capped) after the previous one.
+# Restores count within a window: a deployment that stayed up that long starts from zero.
+# A deployment whose containers all exit again after RESTORE_LIMIT restores in the window is
+# DEAD (crash loop). Containers removed by hand (rather than exited) keep being restored. With a
+# restart policy Docker restarts a crashed container itself: more than RESTORE_LIMIT restarts
+# while it is still restarting (Docker's own backoff) is a crash loop as well.
+RESTORE_BACKOFF = timedelta(seconds=1)
+RESTORE_BACKOFF_CAP = timedelta(seconds=60)
+RESTORE_WINDOW = timedelta(minutes=10)
+RESTORE_LIMIT = 4
+_ALIVE = ("running", "restarting")  # Docker itself is restarting a container: not our drift
+
+
+class Action(enum.StrEnum):
+    CREATE = "create"
+    UPDATE = "update"
+    REPLACE = "replace"
+    STOP = "stop"
+    DELETE = "delete"
+
+
+SYMBOLS = {
+    Action.CREATE: "+",
+    Action.UPDATE: "~",
+    Action.REPLACE: "-/+",
+    Action.STOP: "-",
+    Action.DELETE: "-",
+}
+
+
+@dataclass(frozen=True)
+class Change:
+    action: Action
+    deployment_id: str
+    name: str
+    resource_group: str
+    cause: str
+    desired: DesiredDeployment | None = None  # None when deleting
+    config_hash: str | None = None
+    image_id: str | None = None
+    create: tuple[int, ...] = ()  # replica indexes to create
+    remove_first: tuple[ObservedContainer, ...] = ()  # not serving: removed before creating
+    retire: tuple[ObservedContainer, ...] = ()  # removed once the new containers are ready
+    update: tuple[ObservedContainer, ...] = ()  # resources changed in place
+    fields: tuple[str, ...] = ()  # identity fields that changed (replace)
+    gpus: tuple[str, ...] = ()  # device ids for the new containers, spec.gpus per replica
+    stop_first: bool = False  # no free GPU for a start-first replacement
+    failure: str | None = None  # cannot be done: the deployment becomes DEAD with this reason
+    expire: bool = False  # a ttl deletion: remembered so the name is not recreated
+    note: str | None = None  # with expire: the statusMessage the deletion leaves
+    restore: int = 0  # a drift restore: its number in the current crash-loop window
+    hashing: Hashing | None = None  # the label format of new containers (see _hashing_for)
+
+    @property
+    def symbol(self) -> str:
+        return SYMBOLS[self.action]
+
+    def describe(self) -> str:
+        group = "" if self.resource_group == "default" else f" [{self.resource_group}]"
+        return f"{self.symbol} {self.name}{group} ({self.deployment_id}): {self.cause}"
+
+    def to_json(self) -> dict[str, Any]:
+        d = self.desired
+        return {
+            "action": self.action.value,
+            "symbol": self.symbol,
+            "deploymentId": self.deployment_id,
+            "name": self.name,
+            "resourceGroup": self.resource_group,
+            "cause": self.cause,
+            "fields": list(self.fields),
+            "configurationId": d.configuration.id if d else None,
+            "configHash": self.config_hash,
+            "createReplicas": list(self.create),
+            "removeContainers": [c.name for c in (*self.remove_first, *self.retire)],
+            "updateContainers": [c.name for c in self.update],
+            "gpus": list(self.gpus),
+            "failure": self.failure,
+        }
+
+
+@dataclass(frozen=True)
+class Pending:
+    """A deployment whose containers run as desired but were never seen ready (for instance
+    a pass was interrupted while waiting): no Docker change, only a readiness wait."""
+
+    desired: DesiredDeployment
+    containers: tuple[ObservedContainer, ...]
+    config_hash: str
+
+
+@dataclass(frozen=True, order=True)
+class Deadline:
+    """A moment at which the plan changes by the clock alone."""
+
+    at: datetime
+    what: str
+
+
+@dataclass(frozen=True)
+class Plan:
+    changes: tuple[Change, ...]
+    problems: tuple[Problem, ...]  # rules the manifests break: nothing may be applied
+    warnings: tuple[str, ...]
+    settle: tuple[Pending, ...]
+    hashes: Mapping[str, str]  # desired config hash per deployment id
+    revision: str | None = None
+    waits: tuple[Deadline, ...] = ()  # restores this plan defers (backoff): when they are due
+
+    @property
+    def has_changes(self) -> bool:
+        return bool(self.changes)
+
+    def summary(self) -> str:
+        counts = {a: sum(1 for c in self.changes if c.action == a) for a in Action}
+        parts = [f"{n} to {a.value}" for a, n in counts.items() if n]
+        return "Plan: " + (", ".join(parts) if parts else "no changes") + "."
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "formatVersion": FORMAT_VERSION,
+            "revision": self.revision,
+            "changes": [c.to_json() for c in self.changes],
+            "warnings": list(self.warnings),
+            "errors": [
+                {"file": p.file, "line": p.line, "pointer": p.pointer, "message": p.message}
+                for p in self.problems
+            ],
+        }
+
+
+def plan(
+    desired: DesiredState,
+    observed: Observed,
+    snapshot: Snapshot,
+    now: datetime,
+    allow_empty: bool = False,
+    revision: str | None = None,
+    *,
+    hashing: Hashing,
+) -> Plan:
+    """`hashing`: how secret values are sealed in hashes (the instance's key)."""
+    root = str(desired.repo.root)
+    foreign = [c for c in observed.containers if c.root and c.root != root]
+    if foreign:
+        c = foreign[0]
+        raise UserError(
+            f"instance {desired.repo.instance!r} is also used by the GitOps root {c.root} "
+            f"(container {c.name}): give one of the roots another spec.instance in its Settings"
+        )
+    by_dep = observed.by_deployment()
+    changes: list[Change] = []
+    problems: list[Problem] = []
+    warnings: list[str] = []
+    settle: list[Pending] = []
+    hashes: dict[str, str] = {}
+    waits: list[Deadline] = []
+    for d in desired.deployments:
+        containers = by_dep.get(d.id, [])
+        image_id = observed.image_id(d.spec.image)
+        rec = snapshot.records.get(d.id)
+        known = _identities(d, image_id, hashing)
+        chosen = _hashing_for(d, image_id, hashing, known, containers, rec)
+        hashes[d.id] = d.spec.identity(image_id, chosen).config_hash
+        outcome = _plan_deployment(d, rec, containers, image_id, known, chosen, now)
+        problems += outcome.problems
+        warnings += outcome.warnings
+        notice = retirement_notice(d, now, desired.repo.settings.retirement_warning_days)
+        if notice:
+            warnings.append(notice)
+        if outcome.wait:
+            waits.append(outcome.wait)
+        if outcome.change:
+            changes.append(outcome.change)
+        elif outcome.settle:
+            running = tuple(c for c in containers if c.state in _ALIVE)
+            settle.append(Pending(d, running, hashes[d.id]))
+    desired_ids = {d.id for d in desired.deployments}
+    gone = sorted((set(by_dep) | set(snapshot.records)) - desired_ids)
+    deletions = [
+        _delete(dep_id, snapshot.records.get(dep_id), by_dep.get(dep_id, [])) for dep_id in gone
+    ]
+    # An empty desired set that would remove containers is refused: it is far more often a
+    # truncated or emptied folder than an intent. Records of deployments that run nothing
+    # (STOPPED, DEAD) are cleared without the flag; that is what deleting the last one asks.
+    serving = [d for d in deletions if d.retire]
+    if serving and not desired.deployments and not allow_empty:
+        raise UserError(
+            f"the manifests declare no deployment at all, which would delete all {len(serving)} "
+            "running ones: refusing. If that is what you want, pass --allow-empty"
+        )
+    changes += deletions
+    if desired.repo.settings.gpus:
+        changes = _assign_gpus(changes, observed, desired.repo.settings.gpus)
+    return Plan(
+        tuple(changes),
+        tuple(problems),
+        tuple(warnings),
+        tuple(settle),
+        hashes,
+        revision,
+        tuple(waits),
+    )
+
+
+@dataclass
+class _Outcome:
+    change: Change | None = None
+    problems: list[Problem] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    settle: bool = False
+    wait: Deadline | None = None  # a deferred restore
+
+
+def _identities(
+    d: DesiredDeployment, image_id: str | None, hashing: Hashing
+) -> tuple[Identity, ...]:
+    """The identities a container of this spec may carry: the sealed one, and for a spec with
+    secret values the unsealed one of earlier releases (computed here, never written anew)."""
+    sealed = d.spec.identity(image_id, hashing)
+    if sealed.version == UNSEALED_HASH_VERSION:
+        return (sealed,)
+    return sealed, d.spec.identity(image_id, UNSEALED)
+
+
+def _hashing_for(
+    d: DesiredDeployment,
+    image_id: str | None,
+    hashing: Hashing,
+    known: tuple[Identity, ...],
+    containers: list[ObservedContainer],
+    rec: Record | None,
+) -> Hashing:
+    """The format this deployment is planned in. A deployment with secret values whose
+    containers (or failed attempt) an earlier release labelled unsealed keeps that format
+    while they match: upgrading then replaces no container, settles nothing and retries no
+    failed configuration, and the hash written is the one those labels and that record hold
+    already. Its next configuration change brings the sealed format."""
+    if len(known) < 2:
+        return hashing
+    unsealed = known[1]
+    kept = any(
+        c.hash_version == UNSEALED_HASH_VERSION and _is_current(c, (unsealed,), image_id)
+        for c in containers
+    )
+    if kept or (rec is not None and rec.failed_hash == unsealed.config_hash):
+        return UNSEALED
+    return hashing
+
+
+def _plan_deployment(
+    d: DesiredDeployment,
+    rec: Record | None,
+    containers: list[ObservedContainer],
+    image_id: str | None,
+    known: tuple[Identity, ...],
+    hashing: Hashing,
+    now: datetime,
+) -> _Outcome:
+    dep, spec = d.deployment, d.spec
+    config_hash = spec.identity(image_id, hashing).config_hash
+    base = {
+        "deployment_id": d.id,
+        "name": d.name,
+        "resource_group": dep.resource_group,
+        "desired": d,
+        "config_hash": config_hash,
+        "image_id": image_id,
+        "hashing": hashing,
+    }
+    # ttl: counted from creation; an expired deployment is gone for good under this name.
+    if rec and rec.expired:
+        dead = rec.status == "DEAD"  # deleted after DEAD_RETENTION rather than by its ttl
+        why = f"when its ttl ({rec.ttl}) expired"
+        if dead:
+            why = f"after {DEAD_RETENTION.days} days DEAD"
+        warning = (
+            f"{d.name}: deleted {why}; remove it from the manifests or deploy it under a new name"
+        )
+        if containers:
+            return _Outcome(
+                Change(
+                    Action.DELETE,
+                    cause="DEAD retention expired" if dead else "ttl expired",
+                    retire=tuple(containers),
+                    expire=True,
+                    note=rec.status_message,
+                    **base,
+                ),
+                warnings=[warning],
+            )
+        return _Outcome(warnings=[warning])
+    created = parse_iso(rec.created_at) if rec else None
+    if dep.ttl and created and created + timedelta(minutes=ttl_minutes(dep.ttl)) <= now:
+        return _Outcome(
+            Change(
+                Action.DELETE,
+                cause=f"ttl {dep.ttl} expired",
+                retire=tuple(containers),
+                expire=True,
+                **base,
+            )
+        )
+
+    # A deployment of a retired model version stops working on its retirement date, as
+    # upstream: it is stopped with the reason, and stays stopped.
+    if d.model and d.model.retired(now) and dep.target_status == "RUNNING":
+        cause = f"model {d.model.label} retired on {d.model.version.retirement_date}"
+        message = f"stopped: {cause}{d.model.replacement_hint()}"
+        if rec is None or rec.status not in ("STOPPED", "DEAD"):
+            return _Outcome(
+                Change(Action.STOP, cause=cause, retire=tuple(containers), note=message, **base)
+            )
+        return _Outcome(
+            warnings=[
+                f"{d.name}: {message}; deploy a configuration of a supported version under a "
+                "new deployment"
+            ]
+        )
+
+    if dep.target_status == "STOPPED":
+        if containers or (rec and rec.status in ("PENDING", "RUNNING", "STOPPING")):
+            return _Outcome(
+                Change(Action.STOP, cause="targetStatus STOPPED", retire=tuple(containers), **base)
+            )
+        return _Outcome()
+
+    problems = _rule_problems(d, rec, now)
+    if problems:
+        return _Outcome(problems=problems)
+    # AI Core deletes a deployment that has been DEAD for 7 days; the record stays as a tombstone
+    # (expired) so that the name is not deployed again by accident.
+    dead_since = parse_iso(rec.dead_since) if rec and rec.status == "DEAD" else None
+    if rec and dead_since and dead_since + DEAD_RETENTION <= now:
+        cause = f"DEAD since {rec.dead_since}, more than {DEAD_RETENTION.days} days"
+        return _Outcome(
+            Change(
+                Action.DELETE,
+                cause=cause,
+                retire=tuple(containers),
+                expire=True,
+                note=f"deleted: {cause}",
+                **base,
+            )
+        )
+
+    current = [c for c in containers if _is_current(c, known, image_id)]
+    stale = [c for c in containers if c not in current]
+    if rec and rec.status == "DEAD" and rec.failed_hash == config_hash and not current:
+        return _Outcome(
+            warnings=[
+                f"{d.name} is DEAD ({rec.status_message}); it is not retried until its "
+                "configuration or image changes"
+            ],
+            change=Change(
+                Action.DELETE, cause="leftover of a DEAD deployment", retire=tuple(stale), **base
+            )
+            if stale
+            else None,
+        )
+    if (
+        rec
+        and rec.failed_hash == config_hash
+        and not current
+        and any(c.state in _ALIVE for c in stale)
+    ):
+        serving = rec.latest_running_configuration_id
+        return _Outcome(
+            warnings=[
+                f"{d.name}: the update to configuration {d.configuration.id} failed "
+                f"({rec.status_message}); {serving} keeps serving. Change the configuration "
+                "or image to retry"
+            ]
+        )
+
+    # Docker restarts a crashing container itself (restart policy) with its own exponential
+    # backoff; one still restarting after more than RESTORE_LIMIT restarts crash-loops.
+    looping = [c for c in current if c.state == "restarting" and c.restarts > RESTORE_LIMIT]
+    if looping and rec is not None and rec.status in ("RUNNING", "PENDING"):
+        c = looping[0]
+        return _Outcome(
+            Change(
+                Action.REPLACE,
+                cause=f"container crash-looping ({c.restarts} restarts by Docker)",
+                remove_first=(c, *(o for o in containers if o != c)),
+                failure=(
+                    f"crash loop: container exited with code {c.exit_code} and was restarted "
+                    f"{c.restarts} times by Docker; not retried until its configuration or "
+                    "image changes"
+                ),
+                **base,
+            )
+        )
+
+    keep: dict[int, ObservedContainer] = {}
+    remove_first: list[ObservedContainer] = []
+    retire = list(stale)
+    for c in sorted(current, key=lambda c: (c.state not in _ALIVE, -c.created)):
+        if c.replica >= spec.replicas:
+            retire.append(c)
+        elif c.replica in keep or c.state not in _ALIVE:
+            remove_first.append(c)
+        else:
+            keep[c.replica] = c
+    create = tuple(i for i in range(spec.replicas) if i not in keep)
+    wanted = spec.resources()
+    update = tuple(c for c in keep.values() if _resources(c, rec) != wanted)
+
+    if not (create or retire or remove_first or update):
+        settle = rec is None or rec.status != "RUNNING" or rec.config_hash != config_hash
+        return _Outcome(settle=settle)
+
+    causes: list[str] = []
+    fields: tuple[str, ...] = ()
+    drift = rec is not None and rec.status in ("RUNNING", "PENDING")
+    restore = False  # containers died or vanished outside the reconciler: a drift restore
+    if stale and not keep:
+        action = Action.REPLACE
+        fields = _changed_fields(stale, known)
+        causes.append(_config_cause(stale, d, fields, image_id, rec))
+    elif not containers:
+        action = Action.CREATE
+        if drift:
+            causes.append("container removed outside the reconciler")
+            restore = True
+        elif rec and rec.status == "DEAD":
+            causes.append(f"new configuration {d.configuration.id} for a DEAD deployment")
+        else:
+            causes.append("new deployment")
+    elif remove_first and not keep:
+        action = Action.REPLACE
+        state = remove_first[0].describe_state()
+        causes.append(f"container {state}" + (" outside the reconciler" if drift else ""))
+        restore = drift
+    else:
+        action = Action.UPDATE
+        if stale:
+            causes.append(f"{len(stale)} container(s) of an older configuration left over")
+        old = rec.replicas if rec and rec.replicas else len(keep) + len(retire)
+        if old != spec.replicas:
+            causes.append(f"replicas {old} → {spec.replicas}")
+        elif create or remove_first:
+            gone = sorted({*create})
+            causes.append(f"replica {', '.join(map(str, gone))} missing or not running")
+            restore = drift
+        if update:
+            causes.append(_resources_cause(_resources(update[0], rec), wanted))
+    cause = "; ".join(causes)
+    attempt, failure = 0, None
+    if restore and rec is not None:
+        attempt = _restore_attempt(rec, now)
+        # Every container exited again (not removed by hand, not one replica of several)
+        # after RESTORE_LIMIT restores: it crash-loops. The others keep backing off.
+        if attempt > RESTORE_LIMIT and action == Action.REPLACE:
+            minutes = int(RESTORE_WINDOW.total_seconds() // 60)
+            failure = (
+                f"crash loop: {cause} after {RESTORE_LIMIT} restores within {minutes} minutes; "
+                "not retried until its configuration or image changes"
+            )
+        else:
+            at = _restore_at(rec, attempt)
+            if at is not None and now < at:
+                return _Outcome(
+                    warnings=[f"{d.name}: {cause}; restore {attempt} backs off until {iso(at)}"],
+                    wait=Deadline(at, f"restore {attempt} of {d.name}"),
+                )
+    return _Outcome(
+        Change(
+            action,
+            cause=cause,
+            create=create,
+            remove_first=tuple(remove_first),
+            retire=tuple(retire),
+            update=update,
+            fields=fields,
+            failure=failure,
+            restore=attempt,
+            **base,
+        )
+    )
+
+
+def _restore_attempt(rec: Record, now: datetime) -> int:
+    """The number of the restore now due: one more than the last, within the window."""
+    last = parse_iso(rec.last_restore)
+    if last is None or now - last >= RESTORE_WINDOW:
+        return 1
+    return rec.restores + 1
+
+
+def _restore_at(rec: Record, attempt: int) -> datetime | None:
+    """When restore number `attempt` may run: at once for the first, then 1 s, 2 s, 4 s ...
+    (capped) after the previous restore."""
+    last = parse_iso(rec.last_restore)
+    if attempt <= 1 or last is None:
+        return None
+    return last + min(RESTORE_BACKOFF * 2 ** (attempt - 2), RESTORE_BACKOFF_CAP)
+
+
+def deadlines(desired: DesiredState, snapshot: Snapshot) -> list[Deadline]:
+    """The clock-driven rules' next moments for every declared deployment: ttl expiry, the
+    deletion of a deployment DEAD for 7 days and model retirement dates (deferred restores are
+    in `Plan.waits`). Past moments are included (the caller decides what is still ahead)."""
+    out: list[Deadline] = []
+    for d in desired.deployments:
+        retirement = d.model.retirement if d.model else None
+        if retirement and d.model:
+            at = datetime(retirement.year, retirement.month, retirement.day, tzinfo=UTC)
+            out.append(Deadline(at, f"model {d.model.label} of {d.name} retires"))
+        rec = snapshot.records.get(d.id)
+        if rec is None or rec.expired:
+            continue
+        created = parse_iso(rec.created_at)
+        if d.deployment.ttl and created:
+            at = created + timedelta(minutes=ttl_minutes(d.deployment.ttl))
+            out.append(Deadline(at, f"ttl {d.deployment.ttl} of {d.name} expires"))
+        dead_since = parse_iso(rec.dead_since)
+        if rec.status == "DEAD" and dead_since:
+            out.append(Deadline(dead_since + DEAD_RETENTION, f"{d.name} DEAD for 7 days"))
+    return out
+
+
+def _rule_problems(d: DesiredDeployment, rec: Record | None, now: datetime) -> list[Problem]:
+    if rec is None:
+        return []
+    doc = d.deployment.doc
+    if rec.status == "STOPPED" and rec.ever_started:
+        return [
+            doc.problem(
+                "/spec/targetStatus",
+                f"deployment {d.name} is STOPPED and cannot be restarted (AI Core rule): "
+                "deploy the configuration under a new deployment name",
+            )
+        ]
+    if rec.configuration_id and rec.configuration_id != d.configuration.id:
+        if (rec.executable_id, rec.scenario_id) != (d.template.name, d.template.scenario_id):
+            return [
+                doc.problem(
+                    "/spec/configurationId",
+                    f"deployment {d.name} runs executable {rec.executable_id} of scenario "
+                    f"{rec.scenario_id}; configuration {d.configuration.id} uses executable "
+                    f"{d.template.name} of scenario {d.template.scenario_id}. A new "
+                    "configuration must keep both: create a new deployment instead",
+                )
+            ]
+        dead_since = parse_iso(rec.dead_since)
+        if rec.status == "DEAD" and dead_since and dead_since + DEAD_RETENTION <= now:
+            return [
+                doc.problem(
+                    "/spec/configurationId",
+                    f"deployment {d.name} has been DEAD since {rec.dead_since}; a DEAD deployment "
+                    "can get a new configuration within 7 days only: create a new deployment",
+                )
+            ]
+    return []
+
+
+def _is_current(c: ObservedContainer, known: tuple[Identity, ...], image_id: str | None) -> bool:
+    """Whether `c` was made from this spec, judged in the hash format its labels carry."""
+    mine = next((i for i in known if i.version == c.hash_version), None)
+    if mine is not None:
+        if c.config_hash == mine.config_hash:
+            return True
+        # Image not on the host (cannot compare content): the same identity fields are the
+        # same container, not a reason to recreate.
+        return image_id is None and dict(c.fields) == dict(mine.digests)
+    # A container from another hash version: the same identity fields (and image content).
+    same_fields = any(dict(c.fields) == dict(i.digests) for i in known)
+    return same_fields and (image_id is None or c.image_id == image_id)
+
+
+def _resources(c: ObservedContainer, rec: Record | None) -> dict[str, Any]:
+    applied = rec.updated_resources.get(c.id) if rec else None
+    return dict(applied or c.resources)
+
+
+def _changed_fields(stale: list[ObservedContainer], known: tuple[Identity, ...]) -> tuple[str, ...]:
+    # Compared in the old container's own format: an unsealed secret is not a change by itself.
+    mine = next((i for i in known if i.version == stale[0].hash_version), known[0])
+    old, new = dict(stale[0].fields), dict(mine.digests)
+    return tuple(k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k))
+
+
+def _config_cause(
+    stale: list[ObservedContainer],
+    d: DesiredDeployment,
+    fields: tuple[str, ...],
+    image_id: str | None,
+    rec: Record | None,
+) -> str:
+    old_model = stale[0].model
+    old_config = stale[0].configuration_id or (rec.configuration_id if rec else None)
+    if d.model and old_model and old_model != d.model.label:
+        old_version = old_model.rsplit(":", 1)[-1]
+        if d.model.follows_latest and old_config == d.configuration.id:
+            return f"latest moved: {old_version} → {d.model.version.name}"
+        cause = f"model version {old_version} → {d.model.version.name}"
+    elif fields:
+        cause = f"config changed: {', '.join(fields)}"
+    elif image_id and stale[0].image_id and stale[0].image_id != image_id:
+        cause = f"image {d.spec.image} was rebuilt (new content)"
+    else:
+        cause = "config changed"
+    if old_config and old_config != d.configuration.id:
+        cause += f" (configuration {old_config} → {d.configuration.id})"
+    return cause
+
+
+def _gib(n: Any) -> str:
+    return f"{n / 1024**3:g}Gi" if isinstance(n, int | float) else str(n)
+
+
+def _resources_cause(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
+    parts = []
+    for key in ("cpus", "memory", "restartPolicy"):
+        if old.get(key) != new.get(key):
+            show = _gib if key == "memory" else str
+            parts.append(f"{key} {show(old.get(key))} → {show(new.get(key))}")
+    return "resources changed: " + ", ".join(parts)
+
+
+def _delete(dep_id: str, rec: Record | None, containers: list[ObservedContainer]) -> Change:
+    first = containers[0] if containers else None
+    name = rec.name if rec else first.deployment_name if first else dep_id
+    group = rec.resource_group if rec else first.resource_group if first else "default"
+    return Change(
+        Action.DELETE,
+        deployment_id=dep_id,
+        name=name,
+        resource_group=group,
+        cause="removed from manifests",
+        retire=tuple(containers),
+    )
+
+
+def _assign_gpus(
+    changes: list[Change], observed: Observed, inventory: Iterable[str]
+) -> list[Change]:
+    """Give every new container its own GPUs from the declared inventory. GPUs held by
+    existing containers stay theirs; a replacement that finds no free GPU stops first."""
+    inventory = list(inventory)
+    held = {g for c in observed.containers for g in c.gpus}
+    assigned: dict[str, Change] = {}
+    for change in sorted(changes, key=lambda c: (c.resource_group, c.name)):
+        spec = change.desired.spec if change.desired else None
+        if not spec or spec.gpus <= 0 or not change.create:
+            continue
+        released = {g for c in change.remove_first for g in c.gpus}
+        free = [g for g in inventory if g not in held or g in released]
+        need = spec.gpus * len(change.create)
+        if len(free) >= need:
+            taken = tuple(free[:need])
+            assigned[change.deployment_id] = replace(change, gpus=taken)
+            held |= set(taken)
+            continue
+        retiring = [g for c in change.retire for g in c.gpus]
+        pool = [g for g in inventory if g in set(free) | set(retiring)]
+        if change.action == Action.REPLACE and len(pool) >= need:
+            taken = tuple(pool[:need])
+            assigned[change.deployment_id] = replace(change, gpus=taken, stop_first=True)
+            held |= set(taken)
+            continue
+        assigned[change.deployment_id] = replace(
+            change,
+            failure=f"not enough free GPUs: needs {need}, {len(free)} of the inventory "
+            f"({', '.join(inventory)}) free",
+        )
+    return [assigned.get(c.deployment_id, c) for c in changes]

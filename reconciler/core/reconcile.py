@@ -1,0 +1,156 @@
+"""One reconcile pass: load → render → observe → plan → apply → record, under the lock.
+
+The core function shared by the command line (`plan`, `reconcile`, `apply`), the server and
+the watch loop. Nothing on the host changes unless the manifests load, validate and
+plan without a problem, and the state folder can be written (a pass must be recorded).
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..backends.docker.engine import Engine
+from ..errors import ManifestError
+from ..manifests.desired import DesiredState, desired_state
+from ..manifests.gitsource import read_commit
+from ..manifests.revision import working_tree_revision
+from ..manifests.sources import check_root
+from ..manifests.spec import Hashing
+from .apply import DEFAULT_PARALLEL, INTERRUPTED, Outcome, Reporter, apply_plan
+from .observe import Observed, observe
+from .plan import Plan, plan
+from .record import (
+    Recorder,
+    Snapshot,
+    check_state_writable,
+    instance_lock,
+    iso,
+    label_key,
+    now,
+    read_snapshot,
+    write_snapshot,
+)
+
+
+@dataclass(frozen=True)
+class Preview:
+    """What `plan` shows: the inputs and the plan, nothing changed."""
+
+    desired: DesiredState
+    observed: Observed
+    snapshot: Snapshot
+    plan: Plan
+
+
+@dataclass(frozen=True)
+class PassResult:
+    plan: Plan
+    outcomes: list[Outcome] = field(default_factory=list)
+    seconds: float = 0.0
+    applied: bool = True  # False when the user declined the plan
+    desired: DesiredState | None = None  # what the pass worked from (watch's deadlines)
+
+    @property
+    def converged(self) -> bool:
+        return self.applied and all(o.ok for o in self.outcomes)
+
+
+def preview(
+    root: Path,
+    engine: Engine | None = None,
+    allow_empty: bool = False,
+    revision: str | None = None,
+) -> Preview:
+    """`revision` (a commit, tag, branch ...): the manifests committed there, read from git
+    without touching the working tree; None: the working tree's manifests."""
+    if revision is None:
+        desired = desired_state(root)
+        revision = working_tree_revision(root)
+    else:
+        revision, files = read_commit(root, revision)
+        desired = desired_state(root, files)
+    engine = engine or Engine.connect()
+    snapshot = read_snapshot(root, desired.repo.instance)
+    observed = observe(engine, desired.repo.instance)
+    hashing = instance_hashing(desired.repo.instance)
+    the_plan = plan(desired, observed, snapshot, now(), allow_empty, revision, hashing=hashing)
+    return Preview(desired, observed, snapshot, the_plan)
+
+
+def instance_hashing(instance: str) -> Hashing:
+    """Seals secret values with the instance's key, read (or made) once, when first needed:
+    a repository without secret values never makes one."""
+    return Hashing(functools.cache(lambda: label_key(instance)))
+
+
+def reconcile(
+    root: Path,
+    *,
+    allow_empty: bool = False,
+    parallel: int | None = None,
+    report: Reporter | None = None,
+    confirm: Callable[[Plan], bool] | None = None,
+    stop: threading.Event | None = None,
+    trigger: str = "cli",
+    lock_wait: float = 10.0,
+    revision: str | None = None,
+    engine: Engine | None = None,
+) -> PassResult:
+    """One pass. `revision`: apply the manifests committed there (see `preview`); `engine`:
+    reuse a handle (watch keeps one, so that it can tell its own actions' Docker events)."""
+    started = time.monotonic()
+    started_at = iso(now())
+    if revision is None:  # (committed manifests: the working tree may lack the folders)
+        check_root(root)  # before anything is made under a mistyped --root
+    check_state_writable(root)
+    with instance_lock(root, wait=lock_wait):
+        engine = engine or Engine.connect()
+        view = preview(root, engine, allow_empty, revision)
+        the_plan = view.plan
+        if the_plan.problems:
+            raise ManifestError(the_plan.problems)
+        if confirm is not None and not confirm(the_plan):
+            return PassResult(the_plan, applied=False, desired=view.desired)
+        if not the_plan.changes and not the_plan.settle:
+            if view.snapshot.revision != the_plan.revision and view.snapshot.records:
+                write_snapshot(root, _with_revision(view.snapshot, the_plan.revision))
+            return PassResult(the_plan, seconds=time.monotonic() - started, desired=view.desired)
+        recorder = Recorder(root, view.snapshot, the_plan.revision)
+        try:
+            outcomes = apply_plan(
+                engine,
+                view.desired,
+                the_plan,
+                recorder,
+                the_plan.revision,
+                parallel or DEFAULT_PARALLEL,
+                report,
+                stop,
+            )
+        finally:
+            recorder.close()  # whatever happened, what was recorded reaches the disk
+        seconds = time.monotonic() - started
+        result = "converged" if all(o.ok for o in outcomes) else "failed"
+        if any(o.message == INTERRUPTED for o in outcomes):
+            result = "interrupted"
+        recorder.finish(
+            {
+                "revision": the_plan.revision,
+                "trigger": trigger,
+                "startedAt": started_at,
+                "durationSeconds": round(seconds, 2),
+                "result": result,
+                "changes": [c.describe() for c in the_plan.changes],
+                "failures": [o.describe() for o in outcomes if not o.ok],
+            }
+        )
+        return PassResult(the_plan, outcomes, seconds, desired=view.desired)
+
+
+def _with_revision(snapshot: Snapshot, revision: str | None) -> Snapshot:
+    return Snapshot(snapshot.instance, snapshot.records, snapshot.history, revision)

@@ -1,0 +1,233 @@
+"""Deployment status with AI Core's field names: the last snapshot, corrected by what runs now.
+
+The snapshot says what the reconciler last did; the live container list says whether that is
+still true. A RUNNING deployment whose container was stopped or removed by hand is shown as
+PENDING with the reason (the next reconcile restores it), and every deployment is UNKNOWN when
+the engine cannot be reached.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from ..backends.docker.engine import Engine, EngineUnreachable
+from ..errors import ManifestError
+from ..manifests.catalog import retirement_notice
+from ..manifests.desired import DesiredDeployment, DesiredState, desired_state
+from ..manifests.load import load
+from .observe import Observed, ObservedContainer, observe
+from .record import Record, Snapshot, now, read_snapshot
+
+FIELDS = (
+    "id",
+    "name",
+    "resourceGroup",
+    "status",
+    "targetStatus",
+    "statusMessage",
+    "configurationId",
+    "configurationName",
+    "executableId",
+    "scenarioId",
+    "deploymentUrl",
+    "lastOperation",
+    "latestRunningConfigurationId",
+    "ttl",
+    "createdAt",
+    "modifiedAt",
+    "submissionTime",
+    "startTime",
+    "completionTime",
+)
+
+
+def gateway_url(api_url: str, deployment_id: str) -> str:
+    """AI Core's deployment URL: stable across updates, served by `reconciler serve`."""
+    return f"{api_url}/v2/inference/deployments/{deployment_id}"
+
+
+def published_address(c: ObservedContainer, publish_address: str) -> str:
+    """`host:port` where the host publishes a container's serving port."""
+    host = c.host_ip or publish_address
+    host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    return f"{host}:{c.host_port}"
+
+
+def serving_replicas(containers: Iterable[ObservedContainer]) -> list[ObservedContainer]:
+    """The running replicas with a published port, in replica order."""
+    return sorted((c for c in containers if c.running and c.host_port), key=lambda c: c.replica)
+
+
+def addresses(containers: Iterable[ObservedContainer], publish_address: str) -> list[str]:
+    """The published `host:port` of every running replica, in replica order."""
+    return [published_address(c, publish_address) for c in serving_replicas(containers)]
+
+
+def serving(rec: Record | None, containers: list[ObservedContainer]) -> list[ObservedContainer]:
+    """The containers that serve a deployment: those of the configuration last seen ready
+    (during an update the old ones serve until the new ones are ready)."""
+    return [c for c in containers if not rec or c.config_hash == rec.config_hash]
+
+
+def direct_url(containers: Iterable[ObservedContainer], publish_address: str) -> str | None:
+    """The first serving replica's published address (changes when the container is
+    replaced; the gateway's URL does not)."""
+    found = addresses(containers, publish_address)
+    return f"http://{found[0]}" if found else None
+
+
+def deployment_statuses(
+    snapshot: Snapshot,
+    desired: DesiredState | None,
+    observed: Observed | None,
+    engine_problem: str | None = None,
+    api_url: str | None = None,
+) -> list[dict[str, Any]]:
+    """Every deployment's status; `api_url` (default: the Settings') makes deploymentUrls the
+    gateway's."""
+    by_dep = observed.by_deployment() if observed else {}
+    declared = {d.id: d for d in desired.deployments} if desired else {}
+    publish = desired.repo.settings.publish_address if desired else "127.0.0.1"
+    if api_url is None and desired:
+        api_url = desired.repo.settings.api_url
+    ids = sorted(set(declared) | set(snapshot.records) | set(by_dep))
+    items = [
+        _status(
+            snapshot.records.get(i),
+            declared.get(i),
+            by_dep.get(i, []),
+            engine_problem,
+            publish,
+            api_url,
+        )
+        for i in ids
+    ]
+    return sorted(items, key=lambda s: (s["resourceGroup"], s["name"]))
+
+
+def _status(
+    rec: Record | None,
+    d: DesiredDeployment | None,
+    containers: list[ObservedContainer],
+    engine_problem: str | None,
+    publish: str,
+    api_url: str | None,
+) -> dict[str, Any]:
+    if rec:
+        ident = (rec.id, rec.name, rec.resource_group)
+    elif d:
+        ident = (d.id, d.name, d.deployment.resource_group)
+    else:
+        c = containers[0]
+        ident = (c.deployment_id, c.deployment_name, c.resource_group)
+    out: dict[str, Any] = dict.fromkeys(FIELDS)
+    out.update(id=ident[0], name=ident[1], resourceGroup=ident[2])
+    if rec:
+        out.update(
+            status=rec.status,
+            targetStatus=rec.target_status,
+            statusMessage=rec.status_message,
+            configurationId=rec.configuration_id,
+            configurationName=rec.configuration_id,
+            executableId=rec.executable_id,
+            scenarioId=rec.scenario_id,
+            lastOperation=rec.last_operation,
+            latestRunningConfigurationId=rec.latest_running_configuration_id,
+            ttl=rec.ttl,
+            createdAt=rec.created_at,
+            modifiedAt=rec.modified_at,
+            submissionTime=rec.submission_time,
+            startTime=rec.start_time,
+            completionTime=rec.completion_time,
+        )
+    else:
+        out.update(status="UNKNOWN", statusMessage="not reconciled yet: run reconciler reconcile")
+    if d:
+        out.update(
+            targetStatus=d.deployment.target_status,
+            ttl=d.deployment.ttl,
+            configurationId=out["configurationId"] or d.configuration.id,
+            configurationName=out["configurationName"] or d.configuration.id,
+            executableId=out["executableId"] or d.template.name,
+            scenarioId=out["scenarioId"] or d.template.scenario_id,
+            details={
+                "scaling": {
+                    "backendDetails": {
+                        "predictor": {
+                            "minReplicas": d.spec.replicas,
+                            "maxReplicas": d.spec.max_replicas,
+                        }
+                    }
+                },
+                "resources": {
+                    "backendDetails": {"predictor": {"resourcePlan": d.spec.resource_plan}}
+                },
+            },
+        )
+        if rec and rec.configuration_id and rec.configuration_id != d.configuration.id:
+            out["statusMessage"] = _join(
+                out["statusMessage"],
+                f"configuration {d.configuration.id} is declared: run reconciler reconcile",
+            )
+        if not rec and d.deployment.target_status == "STOPPED":
+            out.update(status="STOPPED", statusMessage="declared STOPPED; never started")
+    elif rec:
+        out["targetStatus"] = "DELETED"
+        out["statusMessage"] = _join(
+            out["statusMessage"], "removed from the manifests: the next reconcile deletes it"
+        )
+    if api_url:
+        out["deploymentUrl"] = gateway_url(api_url, out["id"])
+    if engine_problem:
+        out.update(status="UNKNOWN", statusMessage=engine_problem)
+        return out
+    current = serving(rec, containers)
+    if rec and rec.status == "RUNNING":
+        alive = [c for c in current if c.running]
+        if not alive:
+            out["status"] = "PENDING"
+            out["statusMessage"] = _drift(current)
+    if out["status"] == "RUNNING" and not api_url:
+        out["deploymentUrl"] = direct_url(current, publish)
+    return out
+
+
+def _drift(containers: list[ObservedContainer]) -> str:
+    if not containers:
+        what = "container removed outside the reconciler"
+    else:
+        what = f"container {containers[0].describe_state()} outside the reconciler"
+    return f"{what}; the next reconcile restores it"
+
+
+def _join(first: str | None, second: str) -> str:
+    return f"{first}; {second}" if first else second
+
+
+def status_view(root: Path) -> tuple[list[dict[str, Any]], list[str]]:
+    """Statuses for `reconciler status`, with notes on what could not be looked at. Works with
+    broken manifests (the last reconciled state) and without an engine (UNKNOWN)."""
+    notes = []
+    desired: DesiredState | None
+    try:
+        desired = desired_state(root)
+        instance = desired.repo.instance
+    except ManifestError as exc:
+        desired = None
+        instance = load(root)[0].instance
+        notes.append(
+            f"{exc.summary()}: showing the last reconciled state (run reconciler validate)"
+        )
+    if desired is not None:
+        days = desired.repo.settings.retirement_warning_days
+        notes += [n for d in desired.deployments if (n := retirement_notice(d, now(), days))]
+    snapshot = read_snapshot(root, instance)
+    observed, problem = None, None
+    try:
+        observed = observe(Engine.connect(), instance, images=False)
+    except EngineUnreachable as exc:
+        problem = str(exc)
+        notes.append(problem)
+    return deployment_statuses(snapshot, desired, observed, problem), notes

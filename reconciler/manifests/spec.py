@@ -1,0 +1,249 @@
+"""The resolved container spec: the single type the rest of the pipeline consumes.
+
+Both ServingTemplate forms render into a `ContainerSpec`. Its fields fall into three groups,
+which decide how a change is applied (the lesson of docker compose's config-hash labels):
+
+* identity fields (image, command, env, ports, mounts, GPUs ...) are hashed into the config
+  hash; a change replaces the container;
+* resources (CPU, memory, restart policy) are applied in place with `docker update`;
+* behaviour of the reconciler itself (readiness, replicas) changes no container.
+
+Hashes and field digests end up in container labels, the state snapshot and plan output, which
+more people see than the manifests' secrets. So a secret environment value enters them only
+sealed: as an HMAC-SHA256 under the instance's own key (`record.label_key`), never as a plain
+digest that a short secret could be guessed back from (hash version 2). A spec without secret
+values hashes exactly as before (version 1), so upgrading recreates nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+# Bump when the meaning of `identity_fields` changes; containers labelled with an older version
+# are compared field by field where possible instead of being recreated wholesale.
+# 2: secret values sealed with the instance's key; 1: no secret values, or secret values
+# unsealed as earlier releases wrote them (kept only for deployments labelled so: plan.py).
+HASH_VERSION = "2"
+UNSEALED_HASH_VERSION = "1"
+MODEL_MOUNT = "/mnt/models"
+DEFAULT_PORT = 8080
+DEFAULT_READINESS_PATH = "/v2/health/ready"
+DEFAULT_STARTUP_TIMEOUT = 300
+DEFAULT_RESTART_POLICY = "unless-stopped"
+REDACTED = "***"
+# Environment variables whose values are never printed or written to state files.
+_SECRET_NAME = re.compile(r"(?i)(secret|token|passw(or)?d|api[_-]?key|credential|private[_-]?key)")
+
+
+def is_secret_name(name: str) -> bool:
+    return bool(_SECRET_NAME.search(name))
+
+
+@dataclass(frozen=True)
+class EnvVar:
+    name: str
+    value: str
+    secret: bool = False
+
+
+@dataclass(frozen=True)
+class Mount:
+    source: str  # an absolute host path, or the name of a Docker volume
+    target: str
+    read_only: bool = False
+
+    @property
+    def is_volume(self) -> bool:
+        return not self.source.startswith("/")
+
+
+@dataclass(frozen=True)
+class ContainerSpec:
+    image: str
+    command: tuple[str, ...] | None
+    args: tuple[str, ...] | None
+    env: tuple[EnvVar, ...]
+    port: int
+    model_uri: str | None  # the model artifact's URL (STORAGE_URI), mounted at MODEL_MOUNT
+    model_path: str | None  # its host path, for file: URLs
+    volumes: tuple[Mount, ...]
+    gpus: int  # -1 = all
+    shm_size: str | None
+    ipc_mode: str | None
+    working_dir: str | None
+    stop_timeout: int | None
+    # In place:
+    resource_plan: str
+    cpus: float
+    memory: int
+    restart_policy: str
+    # The reconciler's own behaviour:
+    readiness_path: str | None
+    startup_timeout: int
+    replicas: int
+    max_replicas: int
+    labels: tuple[tuple[str, str], ...] = ()
+    annotations: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def has_secrets(self) -> bool:
+        return any(e.secret for e in self.env)
+
+    def identity(self, image_id: str | None, hashing: Hashing) -> Identity:
+        """What this spec's container labels say, in `hashing`'s format."""
+        seal = hashing.seal if self.has_secrets and hashing.sealed else None
+        fields = self.identity_fields(seal)
+        version = HASH_VERSION if seal else UNSEALED_HASH_VERSION
+        canonical = json.dumps(
+            {"v": version, "fields": fields, "imageId": image_id or ""},
+            sort_keys=True,
+            separators=(",", ":"),
+        )
+        return Identity(
+            version=version,
+            config_hash=hashlib.sha256(canonical.encode()).hexdigest(),
+            digests={
+                # Short digests per identity field: enough to name what changed.
+                k: hashlib.sha256(f"{k}={v}".encode()).hexdigest()[:10]
+                for k, v in fields.items()
+            },
+        )
+
+    def identity_fields(self, seal: Seal | None = None) -> dict[str, str]:
+        """Every field whose change needs a new container, flattened and canonical; with
+        `seal`, secret values as their keyed digests (without: only for version 1)."""
+        fields: dict[str, Any] = {
+            "image": self.image,
+            "command": self.command,
+            "args": self.args,
+            "port": self.port,
+            "model": self.model_uri,
+            "gpus": self.gpus,
+            "shmSize": self.shm_size,
+            "ipc": self.ipc_mode,
+            "workingDir": self.working_dir,
+            "stopTimeout": self.stop_timeout,
+        }
+        for env in self.env:
+            name = f"env.{env.name}"
+            fields[name] = seal(name, env.value) if seal and env.secret else env.value
+        for mount in self.volumes:
+            fields[f"volume.{mount.target}"] = [mount.source, mount.read_only]
+        return {k: json.dumps(v, separators=(",", ":")) for k, v in fields.items() if v is not None}
+
+    def resources(self) -> dict[str, Any]:
+        return {"cpus": self.cpus, "memory": self.memory, "restartPolicy": self.restart_policy}
+
+    def to_dict(self, redact: bool = True) -> dict[str, Any]:
+        """Plain, JSON-ready view (secret values replaced by *** unless `redact` is False)."""
+        return {
+            "image": self.image,
+            "command": list(self.command) if self.command is not None else None,
+            "args": list(self.args) if self.args is not None else None,
+            "env": {e.name: (REDACTED if e.secret and redact else e.value) for e in self.env},
+            "secretEnv": sorted(e.name for e in self.env if e.secret),
+            "port": self.port,
+            "readinessPath": self.readiness_path,
+            "startupTimeout": self.startup_timeout,
+            "model": {"uri": self.model_uri, "hostPath": self.model_path, "mountPath": MODEL_MOUNT}
+            if self.model_uri
+            else None,
+            "volumes": [
+                {"source": m.source, "target": m.target, "readOnly": m.read_only}
+                for m in self.volumes
+            ],
+            "resourcePlan": self.resource_plan,
+            "cpus": self.cpus,
+            "memory": self.memory,
+            "gpus": self.gpus,
+            "shmSize": self.shm_size,
+            "ipc": self.ipc_mode,
+            "workingDir": self.working_dir,
+            "stopTimeout": self.stop_timeout,
+            "restartPolicy": self.restart_policy,
+            "replicas": self.replicas,
+            "maxReplicas": self.max_replicas,
+            "labels": dict(self.labels),
+            "annotations": dict(self.annotations),
+        }
+
+
+Seal = Callable[[str, str], str]  # (field name, secret value) -> keyed digest
+
+
+@dataclass(frozen=True)
+class Identity:
+    """A container's identity as its labels carry it (reconciler.hash-version, config-hash,
+    fields): the config hash covers the identity fields and the image's content id (a rebuilt
+    tag is a change); the field digests name what changed, never a value."""
+
+    version: str
+    config_hash: str
+    digests: Mapping[str, str]
+
+
+@dataclass(frozen=True, eq=False)
+class Hashing:
+    """How secret values are sealed: `key` yields the instance's key, read (or made) the first
+    time a spec with a secret value is hashed. Without `key`, the unsealed format of earlier
+    releases: to recognise their containers, and kept only for deployments an earlier release
+    labelled so (plan._hashing_for)."""
+
+    key: Callable[[], bytes] | None = field(default=None, repr=False)
+
+    @property
+    def sealed(self) -> bool:
+        return self.key is not None
+
+    def seal(self, name: str, value: str) -> str:
+        if self.key is None:
+            return value
+        # The field name is part of the message: one value under two names seals differently.
+        digest = hmac.new(self.key(), f"{name}={value}".encode(), hashlib.sha256).hexdigest()
+        return f"hmac-sha256:{digest}"
+
+
+UNSEALED = Hashing()
+
+
+@dataclass
+class Draft:
+    """What a template form says, before the resource plan and host paths are applied."""
+
+    image: str
+    command: tuple[str, ...] | None = None
+    args: tuple[str, ...] | None = None
+    env: tuple[EnvVar, ...] = ()
+    port: int = DEFAULT_PORT
+    readiness_path: str | None = DEFAULT_READINESS_PATH
+    startup_timeout: int = DEFAULT_STARTUP_TIMEOUT
+    resource_plan: str | None = None
+    gpus: int | None = None  # None: the resource plan's
+    replicas: int = 1
+    max_replicas: int | None = None
+    model_uri: str | None = None
+    volumes: tuple[tuple[str, str, bool], ...] = ()  # (source as written, target, read only)
+    working_dir: str | None = None
+    restart_policy: str = DEFAULT_RESTART_POLICY
+    shm_size: str | None = None
+    ipc_mode: str | None = None
+    stop_timeout: int | None = None
+    labels: tuple[tuple[str, str], ...] = ()
+    annotations: tuple[tuple[str, str], ...] = ()
+
+
+def redact(lines: Iterable[str], spec: ContainerSpec) -> tuple[str, ...]:
+    """Log lines with the spec's secret values replaced by ***."""
+    secrets = [e.value for e in spec.env if e.secret and len(e.value) >= 4]
+    out = []
+    for line in lines:
+        for secret in secrets:
+            line = line.replace(secret, "***")
+        out.append(line)
+    return tuple(out)
