@@ -18,11 +18,11 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, replace
 
 from ..backends import labels as L
+from ..backends.base import Replica
 from ..backends.docker.engine import ContainerRequest, Engine, EngineError
 from ..backends.health import http_ready, tcp_ready
 from ..manifests.desired import DesiredDeployment, DesiredState
 from ..manifests.spec import ContainerSpec, Identity, redact
-from .observe import ObservedContainer
 from .plan import Action, Change, Pending, Plan
 from .record import Record, Recorder, iso, now
 
@@ -231,7 +231,7 @@ class Applier:
 
     # -- steps ------------------------------------------------------------------------------
 
-    def _bring_up(self, change: Change) -> tuple[Change, tuple[ObservedContainer, ...]]:
+    def _bring_up(self, change: Change) -> tuple[Change, tuple[Replica, ...]]:
         """Start the new containers and wait until they are ready. Returns the change (with the
         config hash of an image pulled just now) and the old containers, still serving, to
         retire (unless they had to stop first)."""
@@ -255,7 +255,7 @@ class Applier:
             raise
         return change, () if change.stop_first else change.retire
 
-    def _update_in_place(self, change: Change, record: Record) -> tuple[ObservedContainer, ...]:
+    def _update_in_place(self, change: Change, record: Record) -> tuple[Replica, ...]:
         assert change.desired is not None
         spec = change.desired.spec
         applied = dict(record.updated_resources)
@@ -440,7 +440,7 @@ class Applier:
         lines = raw.decode(errors="replace").splitlines()
         return redact((line for line in lines if line.strip()), spec)
 
-    def _retire(self, containers: Iterable[ObservedContainer], spec: ContainerSpec | None) -> None:
+    def _retire(self, containers: Iterable[Replica], spec: ContainerSpec | None) -> None:
         for c in containers:
             if c.state in _ALIVE:
                 self.engine.stop(c.id, spec.stop_timeout if spec else None)

@@ -10,94 +10,15 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from types import MappingProxyType
 from typing import Any
 
 from ..backends import labels as L
+from ..backends.base import Observed, Replica, normalize_image
 from ..backends.docker.engine import Engine
 
 _EXIT_CODE = re.compile(r"(?:Exited|Restarting) \((-?\d+)\)")
-
-
-@dataclass(frozen=True)
-class ObservedContainer:
-    id: str
-    name: str
-    deployment_id: str
-    deployment_name: str
-    resource_group: str
-    configuration_id: str
-    replica: int
-    config_hash: str
-    hash_version: str
-    image_id: str
-    fields: Mapping[str, str] = field(compare=False)
-    resources: Mapping[str, Any] = field(compare=False)
-    gpus: tuple[str, ...]
-    state: str  # created | running | restarting | paused | exited | dead | removing
-    status: str  # Docker's human text: "Up 5 minutes", "Exited (1) 3 seconds ago"
-    host_ip: str | None
-    host_port: int | None
-    container_port: int
-    # The container's own address on its first network with one, and that network's gateway
-    # (the host's end of the bridge): the gateway relays here when the host owns that end.
-    container_ip: str
-    network_gateway: str
-    created: int  # unix seconds
-    root: str
-    revision: str
-    model: str = ""  # "name:version" of the catalog model it serves, if any
-    restarts: int = 0  # Docker's RestartCount, looked up only for containers restarting now
-
-    @property
-    def running(self) -> bool:
-        return self.state == "running"
-
-    @property
-    def exit_code(self) -> int | None:
-        match = _EXIT_CODE.search(self.status)
-        return int(match.group(1)) if match else None
-
-    def describe_state(self) -> str:
-        if self.state == "exited":
-            return f"exited with code {self.exit_code}"
-        if self.state == "created":
-            return "created but never started"
-        return self.state
-
-
-@dataclass(frozen=True)
-class Observed:
-    containers: tuple[ObservedContainer, ...]
-    images: Mapping[str, str]  # normalized image reference -> image id
-
-    def by_deployment(self) -> dict[str, list[ObservedContainer]]:
-        out: dict[str, list[ObservedContainer]] = {}
-        for c in self.containers:
-            out.setdefault(c.deployment_id, []).append(c)
-        return out
-
-    def image_id(self, ref: str) -> str | None:
-        return self.images.get(normalize_image(ref))
-
-
-def normalize_image(ref: str) -> str:
-    """`busybox` and `docker.io/library/busybox:latest` name the same image."""
-    if "@" in ref:
-        return ref
-    if ":" not in ref.rsplit("/", 1)[-1]:
-        ref += ":latest"
-    for prefix in (
-        "docker.io/library/",
-        "index.docker.io/library/",
-        "docker.io/",
-        "index.docker.io/",
-    ):
-        if ref.startswith(prefix):
-            return ref[len(prefix) :]
-    return ref
 
 
 def _json(text: str | None) -> dict[str, Any]:
@@ -108,7 +29,7 @@ def _json(text: str | None) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def parse_summary(summary: dict[str, Any], port_label_default: int = 8080) -> ObservedContainer:
+def parse_summary(summary: dict[str, Any], port_label_default: int = 8080) -> Replica:
     labels = summary.get("Labels") or {}
     port = int(labels.get(L.PORT) or port_label_default)
     host_ip, host_port = None, None
@@ -122,7 +43,9 @@ def parse_summary(summary: dict[str, Any], port_label_default: int = 8080) -> Ob
             container_ip, network_gateway = net["IPAddress"], net.get("Gateway") or ""
             break
     names = summary.get("Names") or ["/?"]
-    return ObservedContainer(
+    status = summary.get("Status", "")
+    code = _EXIT_CODE.search(status)
+    return Replica(
         id=summary["Id"],
         name=names[0].lstrip("/"),
         deployment_id=labels.get(L.DEPLOYMENT_ID, ""),
@@ -137,7 +60,8 @@ def parse_summary(summary: dict[str, Any], port_label_default: int = 8080) -> Ob
         resources=MappingProxyType(_json(labels.get(L.RESOURCES))),
         gpus=tuple(g for g in labels.get(L.GPUS, "").split(",") if g),
         state=summary.get("State", ""),
-        status=summary.get("Status", ""),
+        status=status,
+        exit_code=int(code.group(1)) if code else None,
         host_ip=host_ip,
         host_port=host_port,
         container_port=port,
@@ -150,7 +74,7 @@ def parse_summary(summary: dict[str, Any], port_label_default: int = 8080) -> Ob
     )
 
 
-def _restarts(engine: Engine, c: ObservedContainer) -> ObservedContainer:
+def _restarts(engine: Engine, c: Replica) -> Replica:
     """A container Docker is restarting (waiting out its restart backoff) may crash-loop: its
     restart count says how often (one inspect, only for these)."""
     if c.state != "restarting":

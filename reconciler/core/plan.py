@@ -27,12 +27,12 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from ..backends.base import Observed, Replica
 from ..errors import Problem, UserError
 from ..manifests.catalog import retirement_notice
 from ..manifests.crosscheck import ttl_minutes
 from ..manifests.desired import DesiredDeployment, DesiredState
 from ..manifests.spec import UNSEALED, UNSEALED_HASH_VERSION, Hashing, Identity
-from .observe import Observed, ObservedContainer
 from .record import Record, Snapshot, iso, parse_iso
 
 FORMAT_VERSION = 1
@@ -78,9 +78,9 @@ class Change:
     config_hash: str | None = None
     image_id: str | None = None
     create: tuple[int, ...] = ()  # replica indexes to create
-    remove_first: tuple[ObservedContainer, ...] = ()  # not serving: removed before creating
-    retire: tuple[ObservedContainer, ...] = ()  # removed once the new containers are ready
-    update: tuple[ObservedContainer, ...] = ()  # resources changed in place
+    remove_first: tuple[Replica, ...] = ()  # not serving: removed before creating
+    retire: tuple[Replica, ...] = ()  # removed once the new containers are ready
+    update: tuple[Replica, ...] = ()  # resources changed in place
     fields: tuple[str, ...] = ()  # identity fields that changed (replace)
     gpus: tuple[str, ...] = ()  # device ids for the new containers, spec.gpus per replica
     stop_first: bool = False  # no free GPU for a start-first replacement
@@ -124,7 +124,7 @@ class Pending:
     a pass was interrupted while waiting): no Docker change, only a readiness wait."""
 
     desired: DesiredDeployment
-    containers: tuple[ObservedContainer, ...]
+    containers: tuple[Replica, ...]
     config_hash: str
 
 
@@ -267,7 +267,7 @@ def _hashing_for(
     image_id: str | None,
     hashing: Hashing,
     known: tuple[Identity, ...],
-    containers: list[ObservedContainer],
+    containers: list[Replica],
     rec: Record | None,
 ) -> Hashing:
     """The format this deployment is planned in. A deployment with secret values whose
@@ -290,7 +290,7 @@ def _hashing_for(
 def _plan_deployment(
     d: DesiredDeployment,
     rec: Record | None,
-    containers: list[ObservedContainer],
+    containers: list[Replica],
     image_id: str | None,
     known: tuple[Identity, ...],
     hashing: Hashing,
@@ -431,8 +431,8 @@ def _plan_deployment(
             )
         )
 
-    keep: dict[int, ObservedContainer] = {}
-    remove_first: list[ObservedContainer] = []
+    keep: dict[int, Replica] = {}
+    remove_first: list[Replica] = []
     retire = list(stale)
     for c in sorted(current, key=lambda c: (c.state not in _ALIVE, -c.created)):
         if c.replica >= spec.replicas:
@@ -594,7 +594,7 @@ def _rule_problems(d: DesiredDeployment, rec: Record | None, now: datetime) -> l
     return []
 
 
-def _is_current(c: ObservedContainer, known: tuple[Identity, ...], image_id: str | None) -> bool:
+def _is_current(c: Replica, known: tuple[Identity, ...], image_id: str | None) -> bool:
     """Whether `c` was made from this spec, judged in the hash format its labels carry."""
     mine = next((i for i in known if i.version == c.hash_version), None)
     if mine is not None:
@@ -608,12 +608,12 @@ def _is_current(c: ObservedContainer, known: tuple[Identity, ...], image_id: str
     return same_fields and (image_id is None or c.image_id == image_id)
 
 
-def _resources(c: ObservedContainer, rec: Record | None) -> dict[str, Any]:
+def _resources(c: Replica, rec: Record | None) -> dict[str, Any]:
     applied = rec.updated_resources.get(c.id) if rec else None
     return dict(applied or c.resources)
 
 
-def _changed_fields(stale: list[ObservedContainer], known: tuple[Identity, ...]) -> tuple[str, ...]:
+def _changed_fields(stale: list[Replica], known: tuple[Identity, ...]) -> tuple[str, ...]:
     # Compared in the old container's own format: an unsealed secret is not a change by itself.
     mine = next((i for i in known if i.version == stale[0].hash_version), known[0])
     old, new = dict(stale[0].fields), dict(mine.digests)
@@ -621,7 +621,7 @@ def _changed_fields(stale: list[ObservedContainer], known: tuple[Identity, ...])
 
 
 def _config_cause(
-    stale: list[ObservedContainer],
+    stale: list[Replica],
     d: DesiredDeployment,
     fields: tuple[str, ...],
     image_id: str | None,
@@ -658,7 +658,7 @@ def _resources_cause(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
     return "resources changed: " + ", ".join(parts)
 
 
-def _delete(dep_id: str, rec: Record | None, containers: list[ObservedContainer]) -> Change:
+def _delete(dep_id: str, rec: Record | None, containers: list[Replica]) -> Change:
     first = containers[0] if containers else None
     name = rec.name if rec else first.deployment_name if first else dep_id
     group = rec.resource_group if rec else first.resource_group if first else "default"

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..backends.base import Observed
 from ..backends.docker.engine import Engine
 from ..errors import ManifestError
 from ..manifests.desired import DesiredState, desired_state
@@ -22,7 +23,7 @@ from ..manifests.revision import working_tree_revision
 from ..manifests.sources import check_root
 from ..manifests.spec import Hashing
 from .apply import DEFAULT_PARALLEL, INTERRUPTED, Outcome, Reporter, apply_plan
-from .observe import Observed, observe
+from .observe import observe
 from .plan import Plan, plan
 from .record import (
     Recorder,

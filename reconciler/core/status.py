@@ -12,12 +12,13 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from ..backends.base import Observed, Replica
 from ..backends.docker.engine import Engine, EngineUnreachable
 from ..errors import ManifestError
 from ..manifests.catalog import retirement_notice
 from ..manifests.desired import DesiredDeployment, DesiredState, desired_state
 from ..manifests.load import load
-from .observe import Observed, ObservedContainer, observe
+from .observe import observe
 from .record import Record, Snapshot, now, read_snapshot
 
 FIELDS = (
@@ -48,30 +49,30 @@ def gateway_url(api_url: str, deployment_id: str) -> str:
     return f"{api_url}/v2/inference/deployments/{deployment_id}"
 
 
-def published_address(c: ObservedContainer, publish_address: str) -> str:
+def published_address(c: Replica, publish_address: str) -> str:
     """`host:port` where the host publishes a container's serving port."""
     host = c.host_ip or publish_address
     host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
     return f"{host}:{c.host_port}"
 
 
-def serving_replicas(containers: Iterable[ObservedContainer]) -> list[ObservedContainer]:
+def serving_replicas(containers: Iterable[Replica]) -> list[Replica]:
     """The running replicas with a published port, in replica order."""
     return sorted((c for c in containers if c.running and c.host_port), key=lambda c: c.replica)
 
 
-def addresses(containers: Iterable[ObservedContainer], publish_address: str) -> list[str]:
+def addresses(containers: Iterable[Replica], publish_address: str) -> list[str]:
     """The published `host:port` of every running replica, in replica order."""
     return [published_address(c, publish_address) for c in serving_replicas(containers)]
 
 
-def serving(rec: Record | None, containers: list[ObservedContainer]) -> list[ObservedContainer]:
+def serving(rec: Record | None, containers: list[Replica]) -> list[Replica]:
     """The containers that serve a deployment: those of the configuration last seen ready
     (during an update the old ones serve until the new ones are ready)."""
     return [c for c in containers if not rec or c.config_hash == rec.config_hash]
 
 
-def direct_url(containers: Iterable[ObservedContainer], publish_address: str) -> str | None:
+def direct_url(containers: Iterable[Replica], publish_address: str) -> str | None:
     """The first serving replica's published address (changes when the container is
     replaced; the gateway's URL does not)."""
     found = addresses(containers, publish_address)
@@ -110,7 +111,7 @@ def deployment_statuses(
 def _status(
     rec: Record | None,
     d: DesiredDeployment | None,
-    containers: list[ObservedContainer],
+    containers: list[Replica],
     engine_problem: str | None,
     publish: str,
     api_url: str | None,
@@ -194,7 +195,7 @@ def _status(
     return out
 
 
-def _drift(containers: list[ObservedContainer]) -> str:
+def _drift(containers: list[Replica]) -> str:
     if not containers:
         what = "container removed outside the reconciler"
     else:

@@ -26,8 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 
+from ..backends.base import Replica
 from ..backends.docker.engine import Engine, EngineUnreachable
-from ..core.observe import ObservedContainer, observe
+from ..core.observe import observe
 from ..core.record import read_snapshot, snapshot_path
 from ..core.status import published_address, serving, serving_replicas
 from ..files import FileVersion, file_version
@@ -64,7 +65,7 @@ def host_owns(address: str) -> bool:
 
 
 def relay_targets(
-    containers: list[ObservedContainer], publish: str, owned_gateways: frozenset[str]
+    containers: list[Replica], publish: str, owned_gateways: frozenset[str]
 ) -> tuple[str, ...]:
     """`host:port` of each serving replica, in replica order: its own address where its
     network's gateway is in `owned_gateways`, else its published one."""
