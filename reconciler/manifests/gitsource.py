@@ -11,35 +11,14 @@ the working tree reader does, so problems name the same `manifests/app.yaml` eit
 
 from __future__ import annotations
 
-import os
 import subprocess
 from pathlib import Path
 
 from ..errors import ManifestError, Problem, UserError
+from .git import FETCH_TIMEOUT, git
 from .sources import MANIFEST_FOLDERS, YAML_SUFFIXES, SourceFile, decode
 
-_TIMEOUT = 60.0
-_FETCH_TIMEOUT = 120.0
 _SYMLINK, _SUBMODULE = "120000", "160000"
-
-
-def _git(
-    root: Path, *args: str, stdin: bytes | None = None, timeout: float = _TIMEOUT
-) -> subprocess.CompletedProcess[bytes]:
-    # Never prompt for credentials: a watch loop has nobody to answer.
-    env = {**os.environ, "GIT_TERMINAL_PROMPT": "0", "LC_ALL": "C"}
-    try:
-        return subprocess.run(
-            ["git", "-C", str(root), *args],
-            input=stdin,
-            capture_output=True,
-            timeout=timeout,
-            env=env,
-        )
-    except FileNotFoundError:
-        raise UserError("git is not installed: install it to read committed manifests") from None
-    except subprocess.TimeoutExpired:
-        raise UserError(f"git {args[0]} in {root} took more than {timeout:.0f}s") from None
 
 
 def _said(result: subprocess.CompletedProcess[bytes]) -> str:
@@ -49,7 +28,7 @@ def _said(result: subprocess.CompletedProcess[bytes]) -> str:
 
 
 def require_repository(root: Path) -> None:
-    result = _git(root, "rev-parse", "--is-inside-work-tree")
+    result = git(root, "rev-parse", "--is-inside-work-tree")
     if result.returncode != 0 or result.stdout.strip() != b"true":
         raise UserError(
             f"{root} is not in a git work tree: committed manifests need a git repository "
@@ -59,7 +38,7 @@ def require_repository(root: Path) -> None:
 
 def resolve(root: Path, revision: str) -> str:
     """The full commit id `revision` names (a commit, tag, branch, `HEAD~1` ...)."""
-    result = _git(
+    result = git(
         root, "rev-parse", "--verify", "--quiet", "--end-of-options", f"{revision}^{{commit}}"
     )
     if result.returncode != 0:
@@ -72,7 +51,7 @@ def resolve(root: Path, revision: str) -> str:
 
 
 def current_branch(root: Path) -> str:
-    result = _git(root, "symbolic-ref", "--quiet", "--short", "HEAD")
+    result = git(root, "symbolic-ref", "--quiet", "--short", "HEAD")
     if result.returncode != 0:
         require_repository(root)
         raise UserError(f"HEAD of {root} is detached (on no branch): pass --branch NAME")
@@ -81,7 +60,7 @@ def current_branch(root: Path) -> str:
 
 def git_dir(root: Path) -> Path:
     """The repository's git folder (the common one, where refs live, also for worktrees)."""
-    result = _git(root, "rev-parse", "--git-common-dir")
+    result = git(root, "rev-parse", "--git-common-dir")
     if result.returncode != 0:
         require_repository(root)
         raise UserError(f"cannot find the git folder of {root}: {_said(result)}")
@@ -90,7 +69,7 @@ def git_dir(root: Path) -> Path:
 
 
 def require_remote(root: Path, remote: str) -> None:
-    if _git(root, "remote", "get-url", remote).returncode != 0:
+    if git(root, "remote", "get-url", remote).returncode != 0:
         raise UserError(f"{root} has no git remote {remote!r} (git remote -v lists them)")
 
 
@@ -98,14 +77,14 @@ def fetch(root: Path, remote: str, branch: str) -> None:
     """Update `refs/remotes/REMOTE/BRANCH` from the remote (explicit refspec: it works whatever
     the remote's configured fetch refspec is)."""
     refspec = f"+refs/heads/{branch}:refs/remotes/{remote}/{branch}"
-    result = _git(root, "fetch", "--quiet", "--no-tags", remote, refspec, timeout=_FETCH_TIMEOUT)
+    result = git(root, "fetch", "--quiet", "--no-tags", remote, refspec, timeout=FETCH_TIMEOUT)
     if result.returncode != 0:
         raise UserError(f"git fetch {remote} {branch} failed: {_said(result)}")
 
 
 def _prefix(root: Path) -> str:
     """The root's path inside the repository ('' at the top, else 'deploy/')."""
-    result = _git(root, "rev-parse", "--show-prefix")
+    result = git(root, "rev-parse", "--show-prefix")
     if result.returncode != 0:
         require_repository(root)
         raise UserError(f"cannot read the git repository at {root}: {_said(result)}")
@@ -117,7 +96,7 @@ def read_commit(root: Path, revision: str) -> tuple[str, list[SourceFile]]:
     Raises ManifestError for files that cannot be manifests (not UTF-8, symbolic links)."""
     commit = resolve(root, revision)
     prefix = _prefix(root)
-    listed = _git(
+    listed = git(
         root,
         "ls-tree",
         "-r",
@@ -179,7 +158,7 @@ def _walk_order(rel: str) -> tuple[int, tuple[str, ...], str]:
 def _blobs(root: Path, objects: list[str]) -> list[bytes]:
     if not objects:
         return []
-    result = _git(root, "cat-file", "--batch", stdin="".join(f"{o}\n" for o in objects).encode())
+    result = git(root, "cat-file", "--batch", stdin="".join(f"{o}\n" for o in objects).encode())
     if result.returncode != 0:
         raise UserError(f"cannot read committed files in {root}: {_said(result)}")
     out, data, at = [], result.stdout, 0
