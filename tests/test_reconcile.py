@@ -544,7 +544,7 @@ def test_git_revision_is_recorded_on_containers_and_state(host):
         [*git, "rev-parse", "HEAD"], capture_output=True, text=True
     ).stdout.strip()
     host.reconcile()
-    assert host.container_of("tiny")["Labels"]["reconciler.manifests.revision"] == head
+    assert host.container_of("tiny")["Labels"]["reconciler.revision"] == head
     assert host.snapshot()["revision"] == head
 
 

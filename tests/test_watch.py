@@ -159,7 +159,7 @@ def test_a_commit_is_applied_within_seconds_and_the_working_tree_is_not(host, wa
     assert entry["revision"] == second and entry["trigger"].startswith("watch: git")
     assert entry["result"] == "converged" and running(host, "other")
     assert running(host, "tiny", "tiny-v1")
-    assert host.container_of("other")["Labels"]["reconciler.manifests.revision"] == second
+    assert host.container_of("other")["Labels"]["reconciler.revision"] == second
     # Committing the edit applies it.
     third = commit(host.root, "tiny v2")
     assert next_entry(host, 2, what="tiny v2")["revision"] == third
@@ -197,7 +197,7 @@ def test_a_broken_commit_changes_nothing_is_reported_once_and_a_good_one_applies
     assert next_entry(host, 1, what="the good commit")["revision"] == good
     assert running(host, "tiny", "tiny-v2")
     (container,) = host.containers()
-    assert container["Labels"]["reconciler.manifests.revision"] == good
+    assert container["Labels"]["reconciler.revision"] == good
     assert w.terminate() == 0
 
 
@@ -437,7 +437,7 @@ def test_revision_plans_and_reconciles_a_commit_for_rollback(host):
     host.reconcile("--revision", first[:10])
     assert running(host, "tiny", "tiny-v1")
     assert host.snapshot()["history"][-1]["revision"] == first
-    assert host.container_of("tiny")["Labels"]["reconciler.manifests.revision"] == first
+    assert host.container_of("tiny")["Labels"]["reconciler.revision"] == first
     # Roll forward again by commit.
     host.reconcile("--revision", "main")
     assert running(host, "tiny", "tiny-v2")
