@@ -9,9 +9,10 @@ adds who or what it was about: a manifest field, an HTTP status).
 from __future__ import annotations
 
 import enum
-from datetime import datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 from ..manifests.crosscheck import TTL_MINIMUM_MINUTES, ttl_minutes
+from .record import iso
 
 
 class Status(enum.StrEnum):
@@ -32,29 +33,44 @@ DELETABLE = frozenset({Status.STOPPED, Status.DEAD, Status.UNKNOWN})
 RECONFIGURABLE = frozenset({Status.PENDING, Status.RUNNING, Status.DEAD})
 # Statuses in which the deployment has (or is about to have) containers of its own.
 ACTIVE = frozenset({Status.PENDING, Status.RUNNING, Status.STOPPING})
+# Statuses in which its containers are meant to run: one that died or vanished is drift.
+LIVE = frozenset({Status.PENDING, Status.RUNNING})
 
 DEAD_RETENTION = timedelta(days=7)  # a DEAD deployment is deleted after this long
 __all__ = [
     "ACTIVE",
     "DEAD_RETENTION",
     "DELETABLE",
+    "LIVE",
     "RECONFIGURABLE",
     "STOPPABLE",
     "TTL_MINIMUM_MINUTES",
     "Status",
     "dead_expired",
+    "dead_expires_at",
+    "dead_reconfigure_refusal",
     "delete_refusal",
     "executable_change_refusal",
+    "not_retried",
     "reconfigure_refusal",
     "restart_refusal",
+    "retired",
+    "retirement_at",
     "stop_refusal",
+    "ttl_expired",
     "ttl_expires_at",
 ]
 
 
+def dead_expires_at(dead_since: datetime | None) -> datetime | None:
+    """When a deployment DEAD since `dead_since` is deleted (AI Core keeps it DEAD_RETENTION)."""
+    return dead_since + DEAD_RETENTION if dead_since is not None else None
+
+
 def dead_expired(dead_since: datetime | None, now: datetime) -> bool:
     """Whether a deployment DEAD since `dead_since` is past its retention (then deleted)."""
-    return dead_since is not None and dead_since + DEAD_RETENTION <= now
+    at = dead_expires_at(dead_since)
+    return at is not None and at <= now
 
 
 def ttl_expires_at(created: datetime | None, ttl: str | None) -> datetime | None:
@@ -62,6 +78,31 @@ def ttl_expires_at(created: datetime | None, ttl: str | None) -> datetime | None
     if not ttl or created is None:
         return None
     return created + timedelta(minutes=ttl_minutes(ttl))
+
+
+def ttl_expired(created: datetime | None, ttl: str | None, now: datetime) -> bool:
+    """Whether the ttl, counted from creation (an update does not restart it), has run out."""
+    at = ttl_expires_at(created, ttl)
+    return at is not None and at <= now
+
+
+def retirement_at(day: date) -> datetime:
+    """The moment a model version retires: the start of its retirement date, UTC."""
+    return datetime(day.year, day.month, day.day, tzinfo=UTC)
+
+
+def retired(day: date | None, now: datetime) -> bool:
+    """Whether a model version retiring on `day` is retired at `now`: from then on a deployment
+    pinned to it stops working (AI Core), so it is stopped and stays stopped."""
+    return day is not None and now.astimezone(UTC).date() >= day
+
+
+def not_retried(failed_hash: str | None, config_hash: str) -> bool:
+    """The failed-hash rule: a configuration (by its config hash, which covers the image's
+    content) that failed is not tried again until it changes, so that a broken one does not
+    loop. Until then a DEAD deployment stays DEAD, and a failed update leaves the old
+    configuration serving."""
+    return failed_hash is not None and failed_hash == config_hash
 
 
 def restart_refusal(status: str | None, ever_started: bool) -> str | None:
@@ -93,12 +134,17 @@ def delete_refusal(status: str) -> str | None:
 
 
 def executable_change_refusal(
-    running: tuple[str | None, str | None], wanted: tuple[str, str]
+    running: tuple[str | None, str | None],
+    wanted: tuple[str, str],
+    *,
+    configuration: str | None = None,
 ) -> str | None:
-    """A new configuration must keep the deployment's (executable, scenario)."""
+    """A new configuration must keep the deployment's (executable, scenario). `configuration`
+    names the new one in the reason (the planner's manifests know it by name)."""
     if running != wanted:
+        new = f"configuration {configuration}" if configuration else "the new configuration"
         return (
-            f"runs executable {running[0]} of scenario {running[1]}; the new configuration "
+            f"runs executable {running[0]} of scenario {running[1]}; {new} "
             f"uses executable {wanted[0]} of scenario {wanted[1]}. A new configuration must "
             "keep both: create a new deployment instead"
         )
@@ -118,5 +164,19 @@ def reconfigure_refusal(
         return (
             f"is {status}: only a PENDING or RUNNING deployment, or one DEAD for less than "
             f"{DEAD_RETENTION.days} days, can get a new configuration"
+        )
+    return None
+
+
+def dead_reconfigure_refusal(
+    status: str | None, dead_since: datetime | None, now: datetime
+) -> str | None:
+    """The DEAD part of `reconfigure_refusal`, as the planner applies it to a manifest: a DEAD
+    deployment may get a new configuration only within DEAD_RETENTION of its death (after
+    that AI Core has deleted it)."""
+    if status == Status.DEAD and dead_expired(dead_since, now):
+        return (
+            f"has been DEAD since {iso(dead_since)}; a DEAD deployment can get a new "
+            f"configuration within {DEAD_RETENTION.days} days only: create a new deployment"
         )
     return None

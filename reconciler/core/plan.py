@@ -1,7 +1,8 @@
 """Plan: desired state vs. observed containers and the last snapshot → changes, each with a cause.
 
 A pure function over plain data. Symbols follow Terraform: `+` create, `~` update in place,
-`-/+` replace, `-` stop or delete. AI Core's rules are enforced here, before anything changes:
+`-/+` replace, `-` stop or delete. AI Core's rules (their statuses, tests and reasons live in
+`lifecycle`, shared with the AI API) are enforced here, before anything changes:
 
 * a STOPPED deployment cannot be restarted (create a new deployment instead);
 * a new configuration must keep the deployment's scenario and executable;
@@ -24,19 +25,33 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from ..backends.base import Observed, Replica
 from ..errors import Problem, UserError
 from ..manifests.catalog import retirement_notice
-from ..manifests.crosscheck import ttl_minutes
 from ..manifests.desired import DesiredDeployment, DesiredState
 from ..manifests.spec import UNSEALED, UNSEALED_HASH_VERSION, Hashing, Identity
+from .lifecycle import (
+    ACTIVE,
+    DEAD_RETENTION,  # also imported from here by the AI API
+    LIVE,
+    Status,
+    dead_expired,
+    dead_expires_at,
+    dead_reconfigure_refusal,
+    executable_change_refusal,
+    not_retried,
+    restart_refusal,
+    retired,
+    retirement_at,
+    ttl_expired,
+    ttl_expires_at,
+)
 from .record import Record, Snapshot, iso, parse_iso
 
 FORMAT_VERSION = 1
-DEAD_RETENTION = timedelta(days=7)
 # Drift restores: the first at once, then 1 s, 2 s, 4 s ... (capped) after the previous one.
 # Restores count within a window: a deployment that stayed up that long starts from zero.
 # A deployment whose containers all exit again after RESTORE_LIMIT restores in the window is
@@ -179,14 +194,7 @@ def plan(
     hashing: Hashing,
 ) -> Plan:
     """`hashing`: how secret values are sealed in hashes (the instance's key)."""
-    root = str(desired.repo.root)
-    foreign = [c for c in observed.containers if c.root and c.root != root]
-    if foreign:
-        c = foreign[0]
-        raise UserError(
-            f"instance {desired.repo.instance!r} is also used by the GitOps root {c.root} "
-            f"(container {c.name}): give one of the roots another spec.instance in its Settings"
-        )
+    _refuse_foreign(desired, observed)
     by_dep = observed.by_deployment()
     changes: list[Change] = []
     problems: list[Problem] = []
@@ -214,6 +222,40 @@ def plan(
         elif outcome.settle:
             running = tuple(c for c in containers if c.state in _ALIVE)
             settle.append(Pending(d, running, hashes[d.id]))
+    changes += _deletions(desired, by_dep, snapshot, allow_empty)
+    if desired.repo.settings.gpus:
+        changes = _assign_gpus(changes, observed, desired.repo.settings.gpus)
+    return Plan(
+        tuple(changes),
+        tuple(problems),
+        tuple(warnings),
+        tuple(settle),
+        hashes,
+        revision,
+        tuple(waits),
+    )
+
+
+def _refuse_foreign(desired: DesiredState, observed: Observed) -> None:
+    """Containers of this instance made from another GitOps root: two roots would fight over
+    them (each deleting the other's deployments), so nothing is planned."""
+    root = str(desired.repo.root)
+    foreign = [c for c in observed.containers if c.root and c.root != root]
+    if foreign:
+        c = foreign[0]
+        raise UserError(
+            f"instance {desired.repo.instance!r} is also used by the GitOps root {c.root} "
+            f"(container {c.name}): give one of the roots another spec.instance in its Settings"
+        )
+
+
+def _deletions(
+    desired: DesiredState,
+    by_dep: Mapping[str, list[Replica]],
+    snapshot: Snapshot,
+    allow_empty: bool,
+) -> list[Change]:
+    """Deployments that run or are recorded but are no longer declared."""
     desired_ids = {d.id for d in desired.deployments}
     gone = sorted((set(by_dep) | set(snapshot.records)) - desired_ids)
     deletions = [
@@ -228,18 +270,7 @@ def plan(
             f"the manifests declare no deployment at all, which would delete all {len(serving)} "
             "running ones: refusing. If that is what you want, pass --allow-empty"
         )
-    changes += deletions
-    if desired.repo.settings.gpus:
-        changes = _assign_gpus(changes, observed, desired.repo.settings.gpus)
-    return Plan(
-        tuple(changes),
-        tuple(problems),
-        tuple(warnings),
-        tuple(settle),
-        hashes,
-        revision,
-        tuple(waits),
-    )
+    return deletions
 
 
 @dataclass
@@ -287,6 +318,44 @@ def _hashing_for(
     return hashing
 
 
+@dataclass(frozen=True)
+class _Target:
+    """One declared deployment being planned, with everything known of it."""
+
+    d: DesiredDeployment
+    rec: Record | None
+    containers: tuple[Replica, ...]
+    image_id: str | None
+    known: tuple[Identity, ...]
+    hashing: Hashing
+    now: datetime
+    config_hash: str
+
+    @property
+    def status(self) -> str | None:
+        return self.rec.status if self.rec else None
+
+    @property
+    def drift(self) -> bool:
+        """Its containers are meant to run: any that died or vanished did so outside the
+        reconciler, and bringing them back is a drift restore."""
+        return self.status in LIVE
+
+    def change(self, action: Action, cause: str, **fields: Any) -> Change:
+        return Change(
+            action,
+            deployment_id=self.d.id,
+            name=self.d.name,
+            resource_group=self.d.deployment.resource_group,
+            cause=cause,
+            desired=self.d,
+            config_hash=self.config_hash,
+            image_id=self.image_id,
+            hashing=self.hashing,
+            **fields,
+        )
+
+
 def _plan_deployment(
     d: DesiredDeployment,
     rec: Record | None,
@@ -296,144 +365,207 @@ def _plan_deployment(
     hashing: Hashing,
     now: datetime,
 ) -> _Outcome:
-    dep, spec = d.deployment, d.spec
-    config_hash = spec.identity(image_id, hashing).config_hash
-    base = {
-        "deployment_id": d.id,
-        "name": d.name,
-        "resource_group": dep.resource_group,
-        "desired": d,
-        "config_hash": config_hash,
-        "image_id": image_id,
-        "hashing": hashing,
-    }
-    # ttl: counted from creation; an expired deployment is gone for good under this name.
-    if rec and rec.expired:
-        dead = rec.status == "DEAD"  # deleted after DEAD_RETENTION rather than by its ttl
-        why = f"when its ttl ({rec.ttl}) expired"
-        if dead:
-            why = f"after {DEAD_RETENTION.days} days DEAD"
-        warning = (
-            f"{d.name}: deleted {why}; remove it from the manifests or deploy it under a new name"
-        )
-        if containers:
-            return _Outcome(
-                Change(
-                    Action.DELETE,
-                    cause="DEAD retention expired" if dead else "ttl expired",
-                    retire=tuple(containers),
-                    expire=True,
-                    note=rec.status_message,
-                    **base,
-                ),
-                warnings=[warning],
-            )
-        return _Outcome(warnings=[warning])
-    created = parse_iso(rec.created_at) if rec else None
-    if dep.ttl and created and created + timedelta(minutes=ttl_minutes(dep.ttl)) <= now:
-        return _Outcome(
-            Change(
-                Action.DELETE,
-                cause=f"ttl {dep.ttl} expired",
-                retire=tuple(containers),
-                expire=True,
-                **base,
-            )
-        )
+    config_hash = d.spec.identity(image_id, hashing).config_hash
+    t = _Target(d, rec, tuple(containers), image_id, known, hashing, now, config_hash)
+    # The lifecycle's verdicts come first, in this order: a deployment that is gone (tombstone,
+    # ttl), retired or stopped is not checked any further; a manifest that breaks a rule
+    # changes nothing; one DEAD past its retention is deleted whatever the manifest says.
+    for rule in (_tombstone, _ttl_expiry, _retirement, _target_stopped, _refused, _dead_retention):
+        outcome = rule(t)
+        if outcome is not None:
+            return outcome
+    current = [c for c in containers if _is_current(c, known, image_id)]
+    stale = [c for c in containers if c not in current]
+    outcome = _held_back(t, current, stale)
+    if outcome is None:
+        outcome = _docker_crash_loop(t, current)
+    return outcome if outcome is not None else _converge(t, current, stale)
 
-    # A deployment of a retired model version stops working on its retirement date, as
-    # upstream: it is stopped with the reason, and stays stopped.
-    if d.model and d.model.retired(now) and dep.target_status == "RUNNING":
-        cause = f"model {d.model.label} retired on {d.model.version.retirement_date}"
-        message = f"stopped: {cause}{d.model.replacement_hint()}"
-        if rec is None or rec.status not in ("STOPPED", "DEAD"):
-            return _Outcome(
-                Change(Action.STOP, cause=cause, retire=tuple(containers), note=message, **base)
-            )
+
+def _tombstone(t: _Target) -> _Outcome | None:
+    """A deployment deleted by its ttl or after DEAD_RETENTION is gone for good under this
+    name: its record stays (expired) so that the name is not deployed again by accident."""
+    rec = t.rec
+    if rec is None or not rec.expired:
+        return None
+    dead = rec.status == Status.DEAD  # deleted after DEAD_RETENTION rather than by its ttl
+    why = f"after {DEAD_RETENTION.days} days DEAD" if dead else f"when its ttl ({rec.ttl}) expired"
+    warning = (
+        f"{t.d.name}: deleted {why}; remove it from the manifests or deploy it under a new name"
+    )
+    if not t.containers:
+        return _Outcome(warnings=[warning])
+    cause = "DEAD retention expired" if dead else "ttl expired"
+    change = t.change(
+        Action.DELETE, cause, retire=t.containers, expire=True, note=rec.status_message
+    )
+    return _Outcome(change, warnings=[warning])
+
+
+def _ttl_expiry(t: _Target) -> _Outcome | None:
+    """ttl: counted from creation (an update does not restart it)."""
+    created = parse_iso(t.rec.created_at) if t.rec else None
+    ttl = t.d.deployment.ttl
+    if not ttl_expired(created, ttl, t.now):
+        return None
+    return _Outcome(t.change(Action.DELETE, f"ttl {ttl} expired", retire=t.containers, expire=True))
+
+
+def _retirement(t: _Target) -> _Outcome | None:
+    """A deployment of a retired model version stops working on its retirement date, as
+    upstream: it is stopped with the reason, and stays stopped."""
+    model = t.d.model
+    if (
+        model is None
+        or t.d.deployment.target_status != Status.RUNNING
+        or not retired(model.retirement, t.now)
+    ):
+        return None
+    cause = f"model {model.label} retired on {model.version.retirement_date}"
+    message = f"stopped: {cause}{model.replacement_hint()}"
+    if t.status in (Status.STOPPED, Status.DEAD):
         return _Outcome(
             warnings=[
-                f"{d.name}: {message}; deploy a configuration of a supported version under a "
+                f"{t.d.name}: {message}; deploy a configuration of a supported version under a "
                 "new deployment"
             ]
         )
+    return _Outcome(t.change(Action.STOP, cause, retire=t.containers, note=message))
 
-    if dep.target_status == "STOPPED":
-        if containers or (rec and rec.status in ("PENDING", "RUNNING", "STOPPING")):
-            return _Outcome(
-                Change(Action.STOP, cause="targetStatus STOPPED", retire=tuple(containers), **base)
-            )
-        return _Outcome()
 
-    problems = _rule_problems(d, rec, now)
-    if problems:
-        return _Outcome(problems=problems)
-    # AI Core deletes a deployment that has been DEAD for 7 days; the record stays as a tombstone
-    # (expired) so that the name is not deployed again by accident.
-    dead_since = parse_iso(rec.dead_since) if rec and rec.status == "DEAD" else None
-    if rec and dead_since and dead_since + DEAD_RETENTION <= now:
-        cause = f"DEAD since {rec.dead_since}, more than {DEAD_RETENTION.days} days"
-        return _Outcome(
-            Change(
-                Action.DELETE,
-                cause=cause,
-                retire=tuple(containers),
-                expire=True,
-                note=f"deleted: {cause}",
-                **base,
-            )
-        )
+def _target_stopped(t: _Target) -> _Outcome | None:
+    if t.d.deployment.target_status != Status.STOPPED:
+        return None
+    if t.containers or t.status in ACTIVE:
+        return _Outcome(t.change(Action.STOP, "targetStatus STOPPED", retire=t.containers))
+    return _Outcome()
 
-    current = [c for c in containers if _is_current(c, known, image_id)]
-    stale = [c for c in containers if c not in current]
-    if rec and rec.status == "DEAD" and rec.failed_hash == config_hash and not current:
-        return _Outcome(
-            warnings=[
-                f"{d.name} is DEAD ({rec.status_message}); it is not retried until its "
-                "configuration or image changes"
-            ],
-            change=Change(
-                Action.DELETE, cause="leftover of a DEAD deployment", retire=tuple(stale), **base
-            )
+
+def _refused(t: _Target) -> _Outcome | None:
+    problems = _rule_problems(t.d, t.rec, t.now)
+    return _Outcome(problems=problems) if problems else None
+
+
+def _dead_retention(t: _Target) -> _Outcome | None:
+    """AI Core deletes a deployment that has been DEAD for DEAD_RETENTION; the record stays as
+    a tombstone (see _tombstone)."""
+    rec = t.rec
+    if rec is None or rec.status != Status.DEAD:
+        return None
+    if not dead_expired(parse_iso(rec.dead_since), t.now):
+        return None
+    cause = f"DEAD since {rec.dead_since}, more than {DEAD_RETENTION.days} days"
+    return _Outcome(
+        t.change(Action.DELETE, cause, retire=t.containers, expire=True, note=f"deleted: {cause}")
+    )
+
+
+def _rule_problems(d: DesiredDeployment, rec: Record | None, now: datetime) -> list[Problem]:
+    """What the manifest asks that the lifecycle refuses, at the field that asks it."""
+    if rec is None:
+        return []
+    doc = d.deployment.doc
+    refusal = restart_refusal(rec.status, rec.ever_started)
+    if refusal:
+        return [doc.problem("/spec/targetStatus", f"deployment {d.name} {refusal}")]
+    if not rec.configuration_id or rec.configuration_id == d.configuration.id:
+        return []
+    refusal = executable_change_refusal(
+        (rec.executable_id, rec.scenario_id),
+        (d.template.name, d.template.scenario_id),
+        configuration=d.configuration.id,
+    ) or dead_reconfigure_refusal(rec.status, parse_iso(rec.dead_since), now)
+    if refusal:
+        return [doc.problem("/spec/configurationId", f"deployment {d.name} {refusal}")]
+    return []
+
+
+def _held_back(t: _Target, current: list[Replica], stale: list[Replica]) -> _Outcome | None:
+    """The failed-hash rule, while nothing of the failed configuration runs: a DEAD deployment
+    stays DEAD (its leftovers are removed), and a failed update leaves the old containers
+    serving, until the configuration or image changes."""
+    rec = t.rec
+    if rec is None or current or not not_retried(rec.failed_hash, t.config_hash):
+        return None
+    if rec.status == Status.DEAD:
+        leftover = (
+            t.change(Action.DELETE, "leftover of a DEAD deployment", retire=tuple(stale))
             if stale
-            else None,
+            else None
         )
-    if (
-        rec
-        and rec.failed_hash == config_hash
-        and not current
-        and any(c.state in _ALIVE for c in stale)
-    ):
-        serving = rec.latest_running_configuration_id
-        return _Outcome(
-            warnings=[
-                f"{d.name}: the update to configuration {d.configuration.id} failed "
-                f"({rec.status_message}); {serving} keeps serving. Change the configuration "
-                "or image to retry"
-            ]
+        warning = (
+            f"{t.d.name} is DEAD ({rec.status_message}); it is not retried until its "
+            "configuration or image changes"
         )
+        return _Outcome(leftover, warnings=[warning])
+    if not any(c.state in _ALIVE for c in stale):
+        return None  # nothing serves any more: replaced like any other configuration
+    serving = rec.latest_running_configuration_id
+    return _Outcome(
+        warnings=[
+            f"{t.d.name}: the update to configuration {t.d.configuration.id} failed "
+            f"({rec.status_message}); {serving} keeps serving. Change the configuration "
+            "or image to retry"
+        ]
+    )
 
-    # Docker restarts a crashing container itself (restart policy) with its own exponential
-    # backoff; one still restarting after more than RESTORE_LIMIT restarts crash-loops.
+
+def _docker_crash_loop(t: _Target, current: list[Replica]) -> _Outcome | None:
+    """Docker restarts a crashing container itself (restart policy) with its own exponential
+    backoff; one still restarting after more than RESTORE_LIMIT restarts crash-loops."""
     looping = [c for c in current if c.state == "restarting" and c.restarts > RESTORE_LIMIT]
-    if looping and rec is not None and rec.status in ("RUNNING", "PENDING"):
-        c = looping[0]
-        return _Outcome(
-            Change(
-                Action.REPLACE,
-                cause=f"container crash-looping ({c.restarts} restarts by Docker)",
-                remove_first=(c, *(o for o in containers if o != c)),
-                failure=(
-                    f"crash loop: container exited with code {c.exit_code} and was restarted "
-                    f"{c.restarts} times by Docker; not retried until its configuration or "
-                    "image changes"
-                ),
-                **base,
-            )
+    if not looping or not t.drift:
+        return None
+    c = looping[0]
+    return _Outcome(
+        t.change(
+            Action.REPLACE,
+            f"container crash-looping ({c.restarts} restarts by Docker)",
+            remove_first=(c, *(o for o in t.containers if o != c)),
+            failure=(
+                f"crash loop: container exited with code {c.exit_code} and was restarted "
+                f"{c.restarts} times by Docker; not retried until its configuration or "
+                "image changes"
+            ),
         )
+    )
 
+
+@dataclass(frozen=True)
+class _Work:
+    """What the containers need to match the spec: replica indexes to create, containers to
+    remove before that (not serving), to retire once the new ones are ready, to update in
+    place; `keep` are the serving replicas that stay."""
+
+    keep: Mapping[int, Replica]
+    create: tuple[int, ...]
+    remove_first: tuple[Replica, ...]
+    retire: tuple[Replica, ...]
+    update: tuple[Replica, ...]
+    wanted: Mapping[str, Any]  # the spec's resources
+
+    @property
+    def needed(self) -> bool:
+        return bool(self.create or self.retire or self.remove_first or self.update)
+
+
+@dataclass(frozen=True)
+class _Step:
+    """The action that does the work, and the causes it is shown with."""
+
+    action: Action
+    causes: list[str]
+    fields: tuple[str, ...] = ()  # identity fields that changed (replace)
+    restore: bool = False  # containers died or vanished outside the reconciler: drift restore
+
+
+def _sort_out(t: _Target, current: list[Replica], stale: list[Replica]) -> _Work:
+    spec = t.d.spec
     keep: dict[int, Replica] = {}
     remove_first: list[Replica] = []
     retire = list(stale)
+    # Running ones first, the newest of each replica index kept: a duplicate or a dead one
+    # is removed before its replacement starts.
     for c in sorted(current, key=lambda c: (c.state not in _ALIVE, -c.created)):
         if c.replica >= spec.replicas:
             retire.append(c)
@@ -441,82 +573,93 @@ def _plan_deployment(
             remove_first.append(c)
         else:
             keep[c.replica] = c
-    create = tuple(i for i in range(spec.replicas) if i not in keep)
     wanted = spec.resources()
-    update = tuple(c for c in keep.values() if _resources(c, rec) != wanted)
+    return _Work(
+        keep=keep,
+        create=tuple(i for i in range(spec.replicas) if i not in keep),
+        remove_first=tuple(remove_first),
+        retire=tuple(retire),
+        update=tuple(c for c in keep.values() if _resources(c, t.rec) != wanted),
+        wanted=wanted,
+    )
 
-    if not (create or retire or remove_first or update):
-        settle = rec is None or rec.status != "RUNNING" or rec.config_hash != config_hash
+
+def _converge(t: _Target, current: list[Replica], stale: list[Replica]) -> _Outcome:
+    work = _sort_out(t, current, stale)
+    if not work.needed:
+        rec = t.rec
+        settle = rec is None or rec.status != Status.RUNNING or rec.config_hash != t.config_hash
         return _Outcome(settle=settle)
-
-    causes: list[str] = []
-    fields: tuple[str, ...] = ()
-    drift = rec is not None and rec.status in ("RUNNING", "PENDING")
-    restore = False  # containers died or vanished outside the reconciler: a drift restore
-    if stale and not keep:
-        action = Action.REPLACE
-        fields = _changed_fields(stale, known)
-        causes.append(_config_cause(stale, d, fields, image_id, rec))
-    elif not containers:
-        action = Action.CREATE
-        if drift:
-            causes.append("container removed outside the reconciler")
-            restore = True
-        elif rec and rec.status == "DEAD":
-            causes.append(f"new configuration {d.configuration.id} for a DEAD deployment")
-        else:
-            causes.append("new deployment")
-    elif remove_first and not keep:
-        action = Action.REPLACE
-        state = remove_first[0].describe_state()
-        causes.append(f"container {state}" + (" outside the reconciler" if drift else ""))
-        restore = drift
-    else:
-        action = Action.UPDATE
-        if stale:
-            causes.append(f"{len(stale)} container(s) of an older configuration left over")
-        old = rec.replicas if rec and rec.replicas else len(keep) + len(retire)
-        if old != spec.replicas:
-            causes.append(f"replicas {old} → {spec.replicas}")
-        elif create or remove_first:
-            gone = sorted({*create})
-            causes.append(f"replica {', '.join(map(str, gone))} missing or not running")
-            restore = drift
-        if update:
-            causes.append(_resources_cause(_resources(update[0], rec), wanted))
-    cause = "; ".join(causes)
+    step = _step(t, stale, work)
+    cause = "; ".join(step.causes)
     attempt, failure = 0, None
-    if restore and rec is not None:
-        attempt = _restore_attempt(rec, now)
+    if step.restore and t.rec is not None:
+        attempt = _restore_attempt(t.rec, t.now)
         # Every container exited again (not removed by hand, not one replica of several)
         # after RESTORE_LIMIT restores: it crash-loops. The others keep backing off.
-        if attempt > RESTORE_LIMIT and action == Action.REPLACE:
+        if attempt > RESTORE_LIMIT and step.action == Action.REPLACE:
             minutes = int(RESTORE_WINDOW.total_seconds() // 60)
             failure = (
                 f"crash loop: {cause} after {RESTORE_LIMIT} restores within {minutes} minutes; "
                 "not retried until its configuration or image changes"
             )
         else:
-            at = _restore_at(rec, attempt)
-            if at is not None and now < at:
+            at = _restore_at(t.rec, attempt)
+            if at is not None and t.now < at:
                 return _Outcome(
-                    warnings=[f"{d.name}: {cause}; restore {attempt} backs off until {iso(at)}"],
-                    wait=Deadline(at, f"restore {attempt} of {d.name}"),
+                    warnings=[f"{t.d.name}: {cause}; restore {attempt} backs off until {iso(at)}"],
+                    wait=Deadline(at, f"restore {attempt} of {t.d.name}"),
                 )
     return _Outcome(
-        Change(
-            action,
-            cause=cause,
-            create=create,
-            remove_first=tuple(remove_first),
-            retire=tuple(retire),
-            update=update,
-            fields=fields,
+        t.change(
+            step.action,
+            cause,
+            create=work.create,
+            remove_first=work.remove_first,
+            retire=work.retire,
+            update=work.update,
+            fields=step.fields,
             failure=failure,
             restore=attempt,
-            **base,
         )
     )
+
+
+def _step(t: _Target, stale: list[Replica], work: _Work) -> _Step:
+    if stale and not work.keep:  # nothing of this spec serves: a new configuration or image
+        fields = _changed_fields(stale, t.known)
+        return _Step(Action.REPLACE, [_config_cause(stale, t.d, fields, t.image_id, t.rec)], fields)
+    if not t.containers:
+        if t.drift:
+            return _Step(Action.CREATE, ["container removed outside the reconciler"], restore=True)
+        if t.status == Status.DEAD:
+            cause = f"new configuration {t.d.configuration.id} for a DEAD deployment"
+            return _Step(Action.CREATE, [cause])
+        return _Step(Action.CREATE, ["new deployment"])
+    if work.remove_first and not work.keep:
+        state = work.remove_first[0].describe_state()
+        where = " outside the reconciler" if t.drift else ""
+        return _Step(Action.REPLACE, [f"container {state}{where}"], restore=t.drift)
+    return _update_step(t, stale, work)
+
+
+def _update_step(t: _Target, stale: list[Replica], work: _Work) -> _Step:
+    """Some replicas serve: the rest is done around them, in place."""
+    causes: list[str] = []
+    restore = False
+    if stale:
+        causes.append(f"{len(stale)} container(s) of an older configuration left over")
+    rec, replicas = t.rec, t.d.spec.replicas
+    old = rec.replicas if rec and rec.replicas else len(work.keep) + len(work.retire)
+    if old != replicas:
+        causes.append(f"replicas {old} → {replicas}")
+    elif work.create or work.remove_first:
+        gone = sorted({*work.create})
+        causes.append(f"replica {', '.join(map(str, gone))} missing or not running")
+        restore = t.drift
+    if work.update:
+        causes.append(_resources_cause(_resources(work.update[0], rec), work.wanted))
+    return _Step(Action.UPDATE, causes, restore=restore)
 
 
 def _restore_attempt(rec: Record, now: datetime) -> int:
@@ -542,56 +685,19 @@ def deadlines(desired: DesiredState, snapshot: Snapshot) -> list[Deadline]:
     in `Plan.waits`). Past moments are included (the caller decides what is still ahead)."""
     out: list[Deadline] = []
     for d in desired.deployments:
-        retirement = d.model.retirement if d.model else None
-        if retirement and d.model:
-            at = datetime(retirement.year, retirement.month, retirement.day, tzinfo=UTC)
-            out.append(Deadline(at, f"model {d.model.label} of {d.name} retires"))
+        day = d.model.retirement if d.model else None
+        if day and d.model:
+            out.append(Deadline(retirement_at(day), f"model {d.model.label} of {d.name} retires"))
         rec = snapshot.records.get(d.id)
         if rec is None or rec.expired:
             continue
-        created = parse_iso(rec.created_at)
-        if d.deployment.ttl and created:
-            at = created + timedelta(minutes=ttl_minutes(d.deployment.ttl))
-            out.append(Deadline(at, f"ttl {d.deployment.ttl} of {d.name} expires"))
-        dead_since = parse_iso(rec.dead_since)
-        if rec.status == "DEAD" and dead_since:
-            out.append(Deadline(dead_since + DEAD_RETENTION, f"{d.name} DEAD for 7 days"))
+        ttl_at = ttl_expires_at(parse_iso(rec.created_at), d.deployment.ttl)
+        if ttl_at:
+            out.append(Deadline(ttl_at, f"ttl {d.deployment.ttl} of {d.name} expires"))
+        dead_at = dead_expires_at(parse_iso(rec.dead_since)) if rec.status == Status.DEAD else None
+        if dead_at:
+            out.append(Deadline(dead_at, f"{d.name} DEAD for {DEAD_RETENTION.days} days"))
     return out
-
-
-def _rule_problems(d: DesiredDeployment, rec: Record | None, now: datetime) -> list[Problem]:
-    if rec is None:
-        return []
-    doc = d.deployment.doc
-    if rec.status == "STOPPED" and rec.ever_started:
-        return [
-            doc.problem(
-                "/spec/targetStatus",
-                f"deployment {d.name} is STOPPED and cannot be restarted (AI Core rule): "
-                "deploy the configuration under a new deployment name",
-            )
-        ]
-    if rec.configuration_id and rec.configuration_id != d.configuration.id:
-        if (rec.executable_id, rec.scenario_id) != (d.template.name, d.template.scenario_id):
-            return [
-                doc.problem(
-                    "/spec/configurationId",
-                    f"deployment {d.name} runs executable {rec.executable_id} of scenario "
-                    f"{rec.scenario_id}; configuration {d.configuration.id} uses executable "
-                    f"{d.template.name} of scenario {d.template.scenario_id}. A new "
-                    "configuration must keep both: create a new deployment instead",
-                )
-            ]
-        dead_since = parse_iso(rec.dead_since)
-        if rec.status == "DEAD" and dead_since and dead_since + DEAD_RETENTION <= now:
-            return [
-                doc.problem(
-                    "/spec/configurationId",
-                    f"deployment {d.name} has been DEAD since {rec.dead_since}; a DEAD deployment "
-                    "can get a new configuration within 7 days only: create a new deployment",
-                )
-            ]
-    return []
 
 
 def _is_current(c: Replica, known: tuple[Identity, ...], image_id: str | None) -> bool:

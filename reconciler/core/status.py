@@ -18,6 +18,7 @@ from ..errors import ManifestError
 from ..manifests.catalog import retirement_notice
 from ..manifests.desired import DesiredDeployment, DesiredState, desired_state
 from ..manifests.load import load
+from .lifecycle import Status
 from .observe import observe
 from .record import Record, Snapshot, now, read_snapshot
 
@@ -116,83 +117,99 @@ def _status(
     publish: str,
     api_url: str | None,
 ) -> dict[str, Any]:
-    if rec:
-        ident = (rec.id, rec.name, rec.resource_group)
-    elif d:
-        ident = (d.id, d.name, d.deployment.resource_group)
-    else:
-        c = containers[0]
-        ident = (c.deployment_id, c.deployment_name, c.resource_group)
     out: dict[str, Any] = dict.fromkeys(FIELDS)
-    out.update(id=ident[0], name=ident[1], resourceGroup=ident[2])
-    if rec:
-        out.update(
-            status=rec.status,
-            targetStatus=rec.target_status,
-            statusMessage=rec.status_message,
-            configurationId=rec.configuration_id,
-            configurationName=rec.configuration_id,
-            executableId=rec.executable_id,
-            scenarioId=rec.scenario_id,
-            lastOperation=rec.last_operation,
-            latestRunningConfigurationId=rec.latest_running_configuration_id,
-            ttl=rec.ttl,
-            createdAt=rec.created_at,
-            modifiedAt=rec.modified_at,
-            submissionTime=rec.submission_time,
-            startTime=rec.start_time,
-            completionTime=rec.completion_time,
-        )
-    else:
-        out.update(status="UNKNOWN", statusMessage="not reconciled yet: run reconciler reconcile")
+    out.update(_identity(rec, d, containers))
+    out.update(_recorded(rec))
     if d:
-        out.update(
-            targetStatus=d.deployment.target_status,
-            ttl=d.deployment.ttl,
-            configurationId=out["configurationId"] or d.configuration.id,
-            configurationName=out["configurationName"] or d.configuration.id,
-            executableId=out["executableId"] or d.template.name,
-            scenarioId=out["scenarioId"] or d.template.scenario_id,
-            details={
-                "scaling": {
-                    "backendDetails": {
-                        "predictor": {
-                            "minReplicas": d.spec.replicas,
-                            "maxReplicas": d.spec.max_replicas,
-                        }
-                    }
-                },
-                "resources": {
-                    "backendDetails": {"predictor": {"resourcePlan": d.spec.resource_plan}}
-                },
-            },
-        )
-        if rec and rec.configuration_id and rec.configuration_id != d.configuration.id:
-            out["statusMessage"] = _join(
-                out["statusMessage"],
-                f"configuration {d.configuration.id} is declared: run reconciler reconcile",
-            )
-        if not rec and d.deployment.target_status == "STOPPED":
-            out.update(status="STOPPED", statusMessage="declared STOPPED; never started")
+        out.update(_declared(rec, d, out))
     elif rec:
-        out["targetStatus"] = "DELETED"
+        out["targetStatus"] = "DELETED"  # a target status only, never a Status
         out["statusMessage"] = _join(
             out["statusMessage"], "removed from the manifests: the next reconcile deletes it"
         )
     if api_url:
         out["deploymentUrl"] = gateway_url(api_url, out["id"])
     if engine_problem:
-        out.update(status="UNKNOWN", statusMessage=engine_problem)
+        out.update(status=Status.UNKNOWN, statusMessage=engine_problem)
         return out
     current = serving(rec, containers)
-    if rec and rec.status == "RUNNING":
-        alive = [c for c in current if c.running]
-        if not alive:
-            out["status"] = "PENDING"
-            out["statusMessage"] = _drift(current)
-    if out["status"] == "RUNNING" and not api_url:
+    if rec and rec.status == Status.RUNNING and not any(c.running for c in current):
+        out["status"] = Status.PENDING
+        out["statusMessage"] = _drift(current)
+    if out["status"] == Status.RUNNING and not api_url:
         out["deploymentUrl"] = direct_url(current, publish)
     return out
+
+
+def _identity(
+    rec: Record | None, d: DesiredDeployment | None, containers: list[Replica]
+) -> dict[str, Any]:
+    """id, name and resource group: recorded, else declared, else from the container labels
+    (a container of no record and no manifest: only the labels name it)."""
+    if rec:
+        return {"id": rec.id, "name": rec.name, "resourceGroup": rec.resource_group}
+    if d:
+        return {"id": d.id, "name": d.name, "resourceGroup": d.deployment.resource_group}
+    c = containers[0]
+    return {"id": c.deployment_id, "name": c.deployment_name, "resourceGroup": c.resource_group}
+
+
+def _recorded(rec: Record | None) -> dict[str, Any]:
+    """The fields as the reconciler last left them."""
+    if rec is None:
+        return {
+            "status": Status.UNKNOWN,
+            "statusMessage": "not reconciled yet: run reconciler reconcile",
+        }
+    return {
+        "status": rec.status,
+        "targetStatus": rec.target_status,
+        "statusMessage": rec.status_message,
+        "configurationId": rec.configuration_id,
+        "configurationName": rec.configuration_id,
+        "executableId": rec.executable_id,
+        "scenarioId": rec.scenario_id,
+        "lastOperation": rec.last_operation,
+        "latestRunningConfigurationId": rec.latest_running_configuration_id,
+        "ttl": rec.ttl,
+        "createdAt": rec.created_at,
+        "modifiedAt": rec.modified_at,
+        "submissionTime": rec.submission_time,
+        "startTime": rec.start_time,
+        "completionTime": rec.completion_time,
+    }
+
+
+def _declared(rec: Record | None, d: DesiredDeployment, out: dict[str, Any]) -> dict[str, Any]:
+    """What the manifests declare, over the record's fields in `out`: the target status and ttl
+    always; the configuration fields where nothing was recorded yet."""
+    update: dict[str, Any] = {
+        "targetStatus": d.deployment.target_status,
+        "ttl": d.deployment.ttl,
+        "configurationId": out["configurationId"] or d.configuration.id,
+        "configurationName": out["configurationName"] or d.configuration.id,
+        "executableId": out["executableId"] or d.template.name,
+        "scenarioId": out["scenarioId"] or d.template.scenario_id,
+        "details": {
+            "scaling": {
+                "backendDetails": {
+                    "predictor": {
+                        "minReplicas": d.spec.replicas,
+                        "maxReplicas": d.spec.max_replicas,
+                    }
+                }
+            },
+            "resources": {"backendDetails": {"predictor": {"resourcePlan": d.spec.resource_plan}}},
+        },
+    }
+    if rec and rec.configuration_id and rec.configuration_id != d.configuration.id:
+        update["statusMessage"] = _join(
+            out["statusMessage"],
+            f"configuration {d.configuration.id} is declared: run reconciler reconcile",
+        )
+    if not rec and d.deployment.target_status == Status.STOPPED:
+        update.update(status=Status.STOPPED, statusMessage="declared STOPPED; never started")
+    return update
 
 
 def _drift(containers: list[Replica]) -> str:
