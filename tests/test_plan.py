@@ -181,6 +181,7 @@ def test_a_duplicate_replica_is_removed_and_recreated(root: Root):
     # The newest one is kept; the duplicate is removed first; nothing to create.
     assert change.action == Action.UPDATE and change.remove_first == (older,)
     assert change.create == ()
+    assert change.cause == "extra container of replica 0 (running)"
 
 
 def test_one_stopped_replica_of_two_is_restored_in_place(root: Root):

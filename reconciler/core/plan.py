@@ -653,9 +653,14 @@ def _update_step(t: _Target, stale: list[Replica], work: _Work) -> _Step:
     old = rec.replicas if rec and rec.replicas else len(work.keep) + len(work.retire)
     if old != replicas:
         causes.append(f"replicas {old} → {replicas}")
-    elif work.create or work.remove_first:
-        gone = sorted({*work.create})
-        causes.append(f"replica {', '.join(map(str, gone))} missing or not running")
+    elif work.create:
+        causes.append(f"replica {', '.join(map(str, sorted(work.create)))} missing or not running")
+        restore = t.drift
+    elif work.remove_first:
+        # Every replica serves; what goes is a second container of one of them (left by an
+        # interrupted pass, or started by hand from our labels).
+        extra = work.remove_first[0]
+        causes.append(f"extra container of replica {extra.replica} ({extra.describe_state()})")
         restore = t.drift
     if work.update:
         causes.append(_resources_cause(_resources(work.update[0], rec), work.wanted))
