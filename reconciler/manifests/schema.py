@@ -77,6 +77,36 @@ def bundle(stem: str) -> dict[str, Any]:
     return schema
 
 
+def definition(name: str) -> dict[str, Any]:
+    """The shared definition `name` of common.schema.json (a copy), e.g. `definition("name")
+    ["pattern"]`: for code that must accept exactly what the manifests accept, such as the AI
+    API's request models, without a second copy of the rule."""
+    return copy.deepcopy(_read("common")["$defs"][name])
+
+
+def field(stem: str, *path: str) -> dict[str, Any]:
+    """The schema (a copy) of one field of the shipped schema `stem`, by property names from
+    the document's top: `field("deployment", "spec", "ttl")`. Arrays are stepped into (their
+    items), and shared definitions are resolved, so the answer holds the field's own rules."""
+    schema = bundle(stem)
+
+    def resolved(node: dict[str, Any]) -> dict[str, Any]:
+        ref = node.get("$ref")
+        if isinstance(ref, str) and ref.startswith("#/$defs/"):
+            return {**resolved(schema["$defs"][ref[len("#/$defs/") :]]), **node}
+        return node
+
+    node = schema
+    for key in path:
+        node = resolved(node)
+        if node.get("type") == "array":
+            node = resolved(node["items"])
+        node = node["properties"][key]
+    found = resolved(node)
+    found.pop("$ref", None)
+    return copy.deepcopy(found)
+
+
 def kind_schema(kind: str) -> dict[str, Any]:
     """The schema printed by `reconciler schema KIND` (both forms for ServingTemplate)."""
     forms = [(key, stem) for key, stem in SCHEMAS.items() if key[1] == kind]

@@ -1,0 +1,167 @@
+"""What the AI API's endpoints share: the `ApiContext` (the GitOps root, its desired state,
+write-back, reconcile trigger and engine), and the dependencies that hand it and the caller
+(who, in which resource group) to each endpoint.
+
+The engine is used in two small methods only, `statuses` and `replica_logs` (with `replicas`),
+so that the endpoints never see it.
+"""
+
+# No `from __future__ import annotations`: FastAPI reads the dependencies' annotations at
+# runtime.
+import contextlib
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import Depends, Header, Request
+
+from ..backends.base import Replica
+from ..backends.docker.engine import Engine, EngineUnreachable
+from ..core.observe import observe
+from ..core.record import read_snapshot
+from ..core.status import deployment_statuses
+from ..errors import ManifestError
+from ..files import FileVersion, file_version
+from ..manifests.desired import DesiredState, desired_state
+from ..manifests.sources import yaml_paths
+from .auth import AuthError, Credentials, Identity
+from .errors import ApiError
+from .writeback import WriteBack, Written
+
+ANONYMOUS = Identity("anonymous", "anonymous", ("*",))
+
+
+@dataclass
+class Caller:
+    identity: Identity
+    resource_group: str
+
+
+class ApiContext:
+    """What the endpoints share: the root, its current desired state, writes and reconciles."""
+
+    def __init__(
+        self,
+        root: Path,
+        engine: Engine,
+        credentials: Credentials | None,
+        trigger: Callable[[str], None],
+        api_url: str | None = None,
+    ) -> None:
+        self.root = root
+        self.engine = engine
+        self.credentials = credentials  # None: --no-auth
+        self.trigger = trigger
+        self.api_url = api_url
+        self.writeback = WriteBack(root)
+        self._lock = threading.Lock()
+        self._stamp: tuple[tuple[str, FileVersion | None], ...] | None = None
+        self._state: DesiredState | None = None
+        self.problems: tuple[str, ...] = ()
+
+    def _files_stamp(self) -> tuple[tuple[str, FileVersion | None], ...]:
+        """Which manifest files exist, and which version of each: a cheap change detector."""
+        out = []
+        for path in yaml_paths(self.root):
+            with contextlib.suppress(OSError):  # unreadable: the next look sees it again
+                out.append((str(path), file_version(path)))
+        return tuple(out)
+
+    def state(self) -> DesiredState:
+        """The desired state, reloaded when a manifest file changed; the last valid one (and
+        its problems noted) while the manifests are broken."""
+        with self._lock:
+            stamp = self._files_stamp()
+            if stamp != self._stamp:
+                try:
+                    self._state = desired_state(self.root)
+                    self.problems = ()
+                except ManifestError as exc:
+                    self.problems = tuple(exc.lines())
+                self._stamp = stamp
+            if self._state is None:
+                raise ApiError(
+                    503,
+                    "the manifests are invalid; fix them (reconciler validate): "
+                    + "; ".join(self.problems[:3]),
+                )
+            return self._state
+
+    def adopt(self, written: Written) -> None:
+        with self._lock:
+            self._state = written.desired
+            self._stamp = self._files_stamp()
+            self.problems = ()
+
+    # -- the engine's uses ----------------------------------------------------------------------
+
+    def statuses(self, state: DesiredState, base_url: str) -> list[dict[str, Any]]:
+        snapshot = read_snapshot(self.root, state.repo.instance)
+        observed, problem = None, None
+        try:
+            observed = observe(self.engine, state.repo.instance, images=False)
+        except EngineUnreachable as exc:
+            problem = str(exc)
+        api_url = self.api_url or state.repo.settings.api_url or base_url
+        return deployment_statuses(snapshot, state, observed, problem, api_url=api_url)
+
+    def replicas(self, state: DesiredState, deployment_id: str) -> list[Replica]:
+        """What runs of one deployment now (nothing for one that is DEAD or gone)."""
+        observed = observe(self.engine, state.repo.instance, images=False)
+        return observed.by_deployment().get(deployment_id, [])
+
+    def replica_logs(
+        self, replica: Replica, since: datetime, until: datetime | None
+    ) -> Iterator[tuple[str, bytes]]:
+        """("stdout" | "stderr", its lines, each led by an RFC 3339 time) of one replica."""
+        return self.engine.log_streams(replica.id, since=since, until=until)
+
+
+# -- the endpoints' dependencies --------------------------------------------------------------
+
+
+def context(request: Request) -> ApiContext:
+    """The app's context (create_app keeps it in app.state)."""
+    ctx: ApiContext = request.app.state.context
+    return ctx
+
+
+ContextDep = Annotated[ApiContext, Depends(context)]
+
+
+def authenticate(credentials: Credentials | None, authorization: str | None) -> Identity:
+    if credentials is None:
+        return ANONYMOUS
+    if not authorization or not authorization.lower().startswith("bearer "):
+        raise ApiError(401, "missing bearer token: get one at /oauth/token")
+    try:
+        return credentials.verify(authorization[7:].strip())
+    except AuthError as exc:
+        raise ApiError(401, str(exc)) from None
+
+
+def caller(
+    ctx: ContextDep,
+    authorization: Annotated[str | None, Header()] = None,
+    ai_resource_group: Annotated[
+        str | None, Header(alias="AI-Resource-Group", max_length=253)
+    ] = None,
+) -> Caller:
+    """Who calls (their bearer token checked), in which resource group they may act."""
+    identity = authenticate(ctx.credentials, authorization)
+    group = ai_resource_group or "default"
+    if not identity.may_use(group):
+        raise ApiError(403, f"client {identity.name} may not use resource group {group}")
+    return Caller(identity, group)
+
+
+CallerDep = Annotated[Caller, Depends(caller)]
+
+
+def base_url(request: Request) -> str:
+    """This server's URL as the relay names it (server.ApiRelay): its own host:port, or what a
+    trusted proxy said; never a caller's Host."""
+    return str(request.base_url).rstrip("/")
