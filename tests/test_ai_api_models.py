@@ -87,3 +87,11 @@ def test_a_made_up_id_always_matches(wanted):
         made = free_id(wanted, taken.__contains__)
         assert pattern.match(made) and made not in taken, made
         taken.add(made)
+
+
+@pytest.mark.parametrize("ttl", ["9999999d", "9" * 5000 + "m"])
+def test_a_ttl_beyond_any_date_is_refused_not_a_crash(ttl):
+    # Before, the pattern took any number of digits and int() of 4301 digits raised: a 500.
+    with pytest.raises(ValidationError):
+        DeploymentIn(configurationId="tiny-v1", ttl=ttl)
+    assert DeploymentIn(configurationId="tiny-v1", ttl="999999d").ttl == "999999d"

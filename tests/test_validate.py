@@ -295,6 +295,10 @@ def test_a_reference_to_a_broken_document_is_not_reported_twice(gitops):
         ("4h30m", "a natural number and m, h or d"),
         ("5m", "shorter than the minimum of 10m"),
         ("0d", "shorter than the minimum of 10m"),
+        # Beyond what a date can hold (and Python's int() refuses 4301 digits): an error in
+        # the manifest, not a crash of the planner's clock arithmetic.
+        ("9999999d", "at most 6 digits"),
+        ("9" * 5000 + "d", "at most 6 digits"),
     ],
 )
 def test_bad_ttl(gitops, ttl, message):
