@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import subprocess
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from typing import Any
 from ..errors import ManifestError, UserError
 from ..files import write_atomic
 from ..manifests.desired import DesiredState, desired_state
+from ..manifests.git import git
 from ..manifests.sources import Document, SourceFile, read_tree
 
 
@@ -111,32 +111,26 @@ class WriteBack:
         commit = self._commit(path, message, author)
         return Written(path, commit, desired)
 
-    def _git(
-        self, *args: str, env: dict[str, str] | None = None
-    ) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            ["git", "-C", str(self.root), *args],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            env=env,
-        )
+    def _git(self, *args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+        """(exit status, output, complaint) of one git call in the root."""
+        done = git(self.root, *args, env=env, timeout=30)
+        return done.returncode, done.stdout.decode().strip(), done.stderr.decode().strip()
 
     def _commit(self, path: str, message: str, author: str) -> str | None:
-        inside = self._git("rev-parse", "--is-inside-work-tree")
-        if inside.returncode != 0 or inside.stdout.strip() != "true":
+        code, inside, _ = self._git("rev-parse", "--is-inside-work-tree")
+        if code != 0 or inside != "true":
             return None
-        env = dict(os.environ)
-        env.setdefault("GIT_AUTHOR_NAME", author)
-        env.setdefault("GIT_AUTHOR_EMAIL", "ai-api@reconciler.local")
-        if self._git("config", "user.name").returncode != 0:
-            env.setdefault("GIT_COMMITTER_NAME", "reconciler serve")
-            env.setdefault("GIT_COMMITTER_EMAIL", "ai-api@reconciler.local")
-        added = self._git("add", "--all", "--", path)
-        if added.returncode != 0:
-            raise UserError(f"git add {path} failed: {added.stderr.strip()}")
+        # Who the commit is by, unless the environment already says.
+        env = {"GIT_AUTHOR_NAME": author, "GIT_AUTHOR_EMAIL": "ai-api@reconciler.local"}
+        if self._git("config", "user.name")[0] != 0:
+            env["GIT_COMMITTER_NAME"] = "reconciler serve"
+            env["GIT_COMMITTER_EMAIL"] = "ai-api@reconciler.local"
+        env = {k: v for k, v in env.items() if k not in os.environ}
+        code, _, said = self._git("add", "--all", "--", path)
+        if code != 0:
+            raise UserError(f"git add {path} failed: {said}")
         # Only this path is committed: whatever else the user staged stays staged.
-        done = self._git("commit", "--quiet", "-m", message, "--", path, env=env)
-        if done.returncode != 0:
-            raise UserError(f"git commit of {path} failed: {done.stderr.strip()}")
-        return self._git("rev-parse", "HEAD").stdout.strip() or None
+        code, _, said = self._git("commit", "--quiet", "-m", message, "--", path, env=env)
+        if code != 0:
+            raise UserError(f"git commit of {path} failed: {said}")
+        return self._git("rev-parse", "HEAD")[1] or None
