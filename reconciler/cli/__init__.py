@@ -1,0 +1,1 @@
+"""The command line (`reconciler ...`), a thin face over the core, and its human output."""
