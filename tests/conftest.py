@@ -182,3 +182,22 @@ def make_hosts(tmp_path: Path, docker_client):
     yield make
     for h in made:
         h.cleanup()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """`engine` means "needs a running Docker engine": a test that asks for the engine's
+    fixtures must be marked, so that `-m "not engine"` never needs one. (The other way round,
+    a test that needs no engine is not marked: the relay tests, tests/test_cli_errors.py; but
+    for two slow ones in tests/test_auth_security.py, which say why.)"""
+    engine_fixtures = {"docker_client", "host", "make_hosts"}
+    unmarked = [
+        item.nodeid
+        for item in items
+        if engine_fixtures & set(getattr(item, "fixturenames", ()))
+        and item.get_closest_marker("engine") is None
+    ]
+    if unmarked:
+        raise pytest.UsageError(
+            "these tests use the Docker engine but are not marked `engine`:\n  "
+            + "\n  ".join(unmarked)
+        )

@@ -168,13 +168,19 @@ class Host:
             self.client.remove_container(c["Id"], force=True)
 
 
-def make_host(tmp_path: Path, client: docker.APIClient, name: str = "repo") -> Host:
+def make_root(tmp_path: Path, name: str = "repo") -> tuple[Path, str]:
+    """A GitOps root (the tiny template) of an instance of its own, and that instance's name:
+    what a test needs that talks to `reconciler serve` or the CLI but to no engine."""
     instance = f"t{uuid.uuid4().hex[:10]}"
     root = write_tree(
         tmp_path / name,
         {"templates/tiny.yaml": TINY_TEMPLATE, "manifests/settings.yaml": settings(instance)},
     )
-    return Host(root, instance, client)
+    return root, instance
+
+
+def make_host(tmp_path: Path, client: docker.APIClient, name: str = "repo") -> Host:
+    return Host(*make_root(tmp_path, name), client)
 
 
 def http_get(url: str, timeout: float = 2.0) -> tuple[int, str]:
@@ -268,11 +274,10 @@ def request(
         return exc.code, exc.headers, exc.read()
 
 
-def served_host(
-    tmp_path: Path, client: docker.APIClient, populate: Callable[[Path], None]
-) -> tuple[Host, Server]:
+def serve_root(tmp_path: Path, populate: Callable[[Path], None]) -> tuple[Path, str, Server]:
     """A GitOps root of its own instance (filled by `populate`) whose deployment URLs are the
-    gateway's, with `reconciler serve --no-auth` running for it."""
+    gateway's, with `reconciler serve --no-auth` running for it: the root, the instance, the
+    server. Serving needs no engine until there are deployments to run."""
     root = tmp_path / "repo"
     (root / "manifests").mkdir(parents=True)
     (root / "templates").mkdir(exist_ok=True)
@@ -282,4 +287,12 @@ def served_host(
     (root / "manifests/settings.yaml").write_text(
         settings(instance, f"  apiUrl: http://127.0.0.1:{port}\n")
     )
-    return Host(root, instance, client), Server(root, "--no-auth", port=port)
+    return root, instance, Server(root, "--no-auth", port=port)
+
+
+def served_host(
+    tmp_path: Path, client: docker.APIClient, populate: Callable[[Path], None]
+) -> tuple[Host, Server]:
+    """`serve_root`'s root as a Host on the engine, and its server."""
+    root, instance, server = serve_root(tmp_path, populate)
+    return Host(root, instance, client), server

@@ -1,5 +1,6 @@
 """The AI API of `reconciler serve`, driven by SAP's own Python SDK (sap-ai-sdk-core), unchanged,
-over real HTTP, with real OAuth2 tokens, a real git repository and the real Docker engine."""
+over real HTTP, with real OAuth2 tokens, a real git repository and the real Docker engine (the
+tests marked `engine`; those that run no container need none)."""
 
 from __future__ import annotations
 
@@ -24,9 +25,7 @@ from ai_api_client_sdk.models.target_status import TargetStatus
 from ai_core_sdk.ai_core_v2_client import AICoreV2Client
 
 from tests.conftest import cli, git
-from tests.engine_support import Server, configuration, docs, request, wait_for
-
-pytestmark = pytest.mark.engine
+from tests.engine_support import Server, configuration, docs, make_root, request, wait_for
 
 
 def add_client(root: Path, credentials: Path, name: str, *groups: str) -> dict[str, Any]:
@@ -38,18 +37,33 @@ def add_client(root: Path, credentials: Path, name: str, *groups: str) -> dict[s
     return json.loads(result.out)
 
 
+def serve_api(root: Path, tmp_path: Path) -> tuple[Server, dict[str, Any], dict[str, Any], Path]:
+    """Make `root` a git-tracked GitOps root with one configuration, add two clients and start
+    `reconciler serve` for it: the server, the clients, the credentials file."""
+    (root / "manifests/app.yaml").write_text(docs(configuration("tiny-v1")))
+    git(root, "init", "-q", "-b", "main")
+    git(root, "add", "-A")
+    git(root, "commit", "-q", "-m", "initial manifests")
+    credentials = tmp_path / "secrets" / "clients.json"
+    team_a = add_client(root, credentials, "team-a", "default")
+    team_b = add_client(root, credentials, "team-b", "other")
+    return Server(root, "--credentials", str(credentials)), team_a, team_b, credentials
+
+
 @pytest.fixture
 def api(host, tmp_path):
-    """A git-tracked GitOps root with one configuration, two clients and `reconciler serve`."""
-    host.write(docs(configuration("tiny-v1")))
-    git(host.root, "init", "-q", "-b", "main")
-    git(host.root, "add", "-A")
-    git(host.root, "commit", "-q", "-m", "initial manifests")
-    credentials = tmp_path / "secrets" / "clients.json"
-    team_a = add_client(host.root, credentials, "team-a", "default")
-    team_b = add_client(host.root, credentials, "team-b", "other")
-    server = Server(host.root, "--credentials", str(credentials))
+    """`serve_api` on a host of the engine (its containers are removed afterwards)."""
+    server, team_a, team_b, credentials = serve_api(host.root, tmp_path)
     yield host, server, team_a, team_b, credentials
+    server.stop()
+
+
+@pytest.fixture
+def api_root(tmp_path):
+    """`serve_api` with no engine, for what runs no container: the root instead of a host."""
+    root, _ = make_root(tmp_path)
+    server, team_a, team_b, credentials = serve_api(root, tmp_path)
+    yield root, server, team_a, team_b, credentials
     server.stop()
 
 
@@ -90,6 +104,7 @@ def token(server: Server, client: dict[str, Any]) -> str:
     return answer["access_token"]
 
 
+@pytest.mark.engine
 def test_the_sdk_lists_creates_deploys_stops_and_reads_logs(api):
     host, server, team_a, _, _ = api
     client = sdk(server, team_a)
@@ -159,8 +174,8 @@ def test_the_sdk_lists_creates_deploys_stops_and_reads_logs(api):
     wait_for(gone, timeout=30, what="the deleted deployment to disappear")
 
 
-def test_missing_expired_and_forged_tokens_are_401(api):
-    _, server, team_a, _, credentials = api
+def test_missing_expired_and_forged_tokens_are_401(api_root):
+    _, server, team_a, _, credentials = api_root
     url = f"{server.base}/v2/lm/deployments"
     code, headers, body = request(url)
     assert code == 401 and headers["WWW-Authenticate"] == "Bearer"
@@ -186,6 +201,7 @@ def test_missing_expired_and_forged_tokens_are_401(api):
     assert request(gateway)[0] == 401
 
 
+@pytest.mark.engine
 def test_another_tenants_deployment_is_not_found(api):
     _, server, team_a, team_b, _ = api
     mine = deploy_running(sdk(server, team_a), "tiny-v1")
@@ -211,13 +227,13 @@ def test_another_tenants_deployment_is_not_found(api):
         ).deployment.query()
 
 
-def test_a_write_that_would_break_the_manifests_changes_nothing(api):
-    host, server, team_a, _, _ = api
+def test_a_write_that_would_break_the_manifests_changes_nothing(api_root):
+    root, server, team_a, _, _ = api_root
     bearer = {
         "Authorization": f"Bearer {token(server, team_a)}",
         "Content-Type": "application/json",
     }
-    before = git(host.root, "rev-parse", "HEAD")
+    before = git(root, "rev-parse", "HEAD")
     body = {
         "name": "broken",
         "executableId": "tiny-serving",
@@ -229,16 +245,25 @@ def test_a_write_that_would_break_the_manifests_changes_nothing(api):
     )
     error = json.loads(raw)["error"]
     assert code == 400 and "no-such-input" in error["message"]
-    assert git(host.root, "rev-parse", "HEAD") == before
-    assert not (host.root / "manifests/api").exists()
+    assert git(root, "rev-parse", "HEAD") == before
+    assert not (root / "manifests/api").exists()
     code, _, raw = request(
         f"{server.base}/v2/lm/deployments",
         data=json.dumps({"configurationId": "tiny-v1", "ttl": "4.5h"}).encode(),
         headers=bearer,
     )
     assert code == 400 and "ttl" in json.loads(raw)["error"]["message"]
+    # A ttl of 5000 digits: refused as input (it was a 500 when int() gave up on it).
+    code, _, raw = request(
+        f"{server.base}/v2/lm/deployments",
+        data=json.dumps({"configurationId": "tiny-v1", "ttl": "9" * 5000 + "d"}).encode(),
+        headers=bearer,
+    )
+    assert code == 400 and "ttl" in json.loads(raw)["error"]["message"]
+    assert git(root, "rev-parse", "HEAD") == before
 
 
+@pytest.mark.engine
 def test_metrics_count_inference_requests(api):
     _, server, team_a, _, _ = api
     deployment = deploy_running(sdk(server, team_a), "tiny-v1")
@@ -251,6 +276,7 @@ def test_metrics_count_inference_requests(api):
     assert "reconciler_reconcile_passes_total" in text.decode()
 
 
+@pytest.mark.engine
 def test_schemathesis_finds_no_server_error(api):
     """Fuzz every operation of the published OpenAPI document (coverage, fuzzing and stateful
     phases) with a valid token: no input may cause a 5xx."""

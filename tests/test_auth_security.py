@@ -1,7 +1,9 @@
 """`reconciler serve` exposed to untrusted callers (issue 13): failed token requests are limited
 and never stall other requests, the credentials file stays the authority while serving, and a
 caller's Host never becomes a deploymentUrl. A real `serve`, real sockets, all on loopback
-(other loopback addresses, 127.0.0.2 and up, stand for other hosts)."""
+(other loopback addresses, 127.0.0.2 and up, stand for other hosts). Only the tests that create
+deployments need the engine (marked `engine`); two more are marked so although they need none,
+because they take seconds (each says why), to keep `pytest -m "not engine"` quick."""
 
 from __future__ import annotations
 
@@ -20,10 +22,8 @@ from typing import Any
 import pytest
 
 from tests.conftest import cli, git
-from tests.engine_support import Server, configuration, docs, wait_for
+from tests.engine_support import Server, configuration, docs, make_root, wait_for
 from tests.test_ai_api import add_client
-
-pytestmark = pytest.mark.engine
 
 GATEWAY_PATH = "/v2/inference/deployments/d0123456789abcde/v2/health/ready"
 
@@ -38,19 +38,38 @@ class Served:
         self.port = self.server.port
 
 
+def git_root(root: Path) -> Path:
+    """`root` made a git-tracked GitOps root with one configuration (API writes are commits)."""
+    (root / "manifests/app.yaml").write_text(docs(configuration("tiny-v1")))
+    git(root, "init", "-q", "-b", "main")
+    git(root, "add", "-A")
+    git(root, "commit", "-q", "-m", "initial manifests")
+    return root
+
+
 @pytest.fixture
-def root(host: Any) -> Path:
-    """A git-tracked GitOps root with one configuration (API writes are commits)."""
-    host.write(docs(configuration("tiny-v1")))
-    git(host.root, "init", "-q", "-b", "main")
-    git(host.root, "add", "-A")
-    git(host.root, "commit", "-q", "-m", "initial manifests")
-    return host.root
+def root(tmp_path: Path) -> Path:
+    """A root for tests that create no deployment: no engine needed."""
+    return git_root(make_root(tmp_path)[0])
+
+
+@pytest.fixture
+def engine_root(host: Any) -> Path:
+    """A root on the engine, for tests that create deployments (their containers are removed
+    afterwards)."""
+    return git_root(host.root)
 
 
 @pytest.fixture
 def served(root: Path, tmp_path: Path) -> Iterator[Served]:
     s = Served(root, tmp_path / "secrets" / "clients.json")
+    yield s
+    s.server.stop()
+
+
+@pytest.fixture
+def engine_served(engine_root: Path, tmp_path: Path) -> Iterator[Served]:
+    s = Served(engine_root, tmp_path / "secrets" / "clients.json")
     yield s
     s.server.stop()
 
@@ -154,6 +173,9 @@ def test_wrong_secrets_are_limited_per_client_id_and_per_address(served: Served)
     assert ask_token(port, b["clientId"], b["clientSecret"], "127.0.0.5")[0] == 200
 
 
+# Needs no engine; marked to keep `-m "not engine"` quick: about 90 scrypt checks of wrong
+# secrets (~50 ms of CPU each, deliberately), 4 to 8 s on two cores.
+@pytest.mark.engine
 def test_floods_of_wrong_secrets_do_not_stall_other_requests(served: Served):
     port = served.port
     bearer = {"Authorization": f"Bearer {token(port, served.b)}"}
@@ -192,6 +214,9 @@ def test_floods_of_wrong_secrets_do_not_stall_other_requests(served: Served):
 # -- finding 7: the credentials file is the authority ----------------------------------------
 
 
+# Needs no engine; marked to keep `-m "not engine"` quick: seven changes of the credentials
+# file, each seen at serve's next look at it (at most once a second), about 6 s in all.
+@pytest.mark.engine
 def test_deleting_the_credentials_file_revokes_tokens_within_seconds(served: Served):
     port, credentials = served.port, served.credentials
     bearer = {"Authorization": f"Bearer {token(port, served.a)}"}
@@ -268,7 +293,9 @@ def listed_urls(port: int, bearer: dict[str, str], source: str, **headers: str) 
     return [d["deploymentUrl"] for d in json.loads(raw)["resources"]]
 
 
-def test_a_callers_host_never_becomes_a_deployment_url(served: Served):
+@pytest.mark.engine
+def test_a_callers_host_never_becomes_a_deployment_url(engine_served: Served):
+    served = engine_served
     port = served.port
     bearer = {"Authorization": f"Bearer {token(port, served.a)}"}
     own = f"http://127.0.0.1:{port}/v2/inference/deployments/"
@@ -279,9 +306,12 @@ def test_a_callers_host_never_becomes_a_deployment_url(served: Served):
     assert not any("evil.example" in u or "https" in u for u in [url, *urls])
 
 
-def test_a_trusted_proxy_names_the_host_and_the_caller(root: Path, tmp_path: Path):
+@pytest.mark.engine
+def test_a_trusted_proxy_names_the_host_and_the_caller(engine_root: Path, tmp_path: Path):
     proxy, public = "127.0.0.2", "https://api.example:8443/v2/inference/deployments/"
-    served = Served(root, tmp_path / "secrets" / "clients.json", "--trusted-proxy", "127.0.0.2/32")
+    served = Served(
+        engine_root, tmp_path / "secrets" / "clients.json", "--trusted-proxy", "127.0.0.2/32"
+    )
     try:
         port = served.port
         bearer = {"Authorization": f"Bearer {token(port, served.a)}"}

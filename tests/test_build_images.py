@@ -20,7 +20,8 @@ import pytest
 
 from .conftest import FIXTURES, PROJECT
 
-pytestmark = pytest.mark.engine
+# Up to three image builds a test (its module's first one included), at most 600 s each.
+pytestmark = [pytest.mark.engine, pytest.mark.timeout(1800)]
 
 IMAGE = "reconciler-test/selfcheck-runtime:1"
 VENV_CACHE = "reconciler/selfcheck-runtime-venv:cache"

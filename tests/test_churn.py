@@ -15,7 +15,9 @@ import pytest
 from tests.conftest import PROJECT
 from tests.engine_support import request, served_host, wait_for
 
-pytestmark = pytest.mark.engine
+# The image build in this module's fixtures (minutes from nothing) has its own limit, 1800 s:
+# the per-test limit covers the test itself.
+pytestmark = [pytest.mark.engine, pytest.mark.timeout(300, func_only=True)]
 
 # Seed 000: the flat record posted to $deploymentUrl/v1/models/churn:predict.
 SEED_RECORD = {
@@ -35,7 +37,9 @@ SEED_V2 = {
 
 @pytest.fixture(scope="module")
 def runtime_image() -> None:
-    subprocess.run([PROJECT / "scripts/build-images"], check=True, capture_output=True)
+    subprocess.run(
+        [PROJECT / "scripts/build-images"], check=True, capture_output=True, timeout=1800
+    )
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
-"""The inference gateway of `reconciler serve`, over real HTTP, against real containers."""
+"""The inference gateway of `reconciler serve`, over real HTTP: against real containers (the
+tests marked `engine`), and in-process against a fake model server (no engine needed)."""
 
 from __future__ import annotations
 
@@ -33,8 +34,6 @@ from tests.engine_support import (
     wait_for,
 )
 
-pytestmark = pytest.mark.engine
-
 
 @pytest.fixture
 def served(host):
@@ -52,6 +51,7 @@ def url_of(host, name: str) -> str:
     return host.status()[name]["deploymentUrl"]
 
 
+@pytest.mark.engine
 def test_deployment_url_is_the_gateways_and_relays_requests(served):
     host, server = served
     host.write(docs(configuration("tiny-v1"), deployment("tiny", "tiny-v1")))
@@ -79,6 +79,7 @@ def test_deployment_url_is_the_gateways_and_relays_requests(served):
     assert text.endswith('{"instances": [[1, 2]]}')
 
 
+@pytest.mark.engine
 def test_unknown_and_not_running_deployments_get_ai_api_errors(served):
     host, server = served
     code, headers, body = request(f"{server.base}/v2/inference/deployments/d0000000000000ff/v2")
@@ -101,6 +102,7 @@ def test_unknown_and_not_running_deployments_get_ai_api_errors(served):
     assert "is STOPPED" in json.loads(body)["error"]["message"]
 
 
+@pytest.mark.engine
 def test_requests_are_balanced_across_replicas(served):
     host, _ = served
     host.write(
@@ -112,6 +114,7 @@ def test_requests_are_balanced_across_replicas(served):
     assert len(seen) == 2
 
 
+@pytest.mark.engine
 def test_large_bodies_stream_through_both_ways(served):
     host, _ = served
     host.write(docs(configuration("tiny-v1"), deployment("tiny", "tiny-v1")))
@@ -121,6 +124,7 @@ def test_large_bodies_stream_through_both_ways(served):
     assert code == 200 and body.endswith(payload)
 
 
+@pytest.mark.engine
 def test_server_sent_events_pass_through_as_they_come(served, docker_client):
     """The model server sends one event, then waits for a file that the test creates only
     after it has received that event: a gateway that buffered would never deliver it."""
@@ -142,6 +146,7 @@ def test_server_sent_events_pass_through_as_they_come(served, docker_client):
     conn.close()
 
 
+@pytest.mark.engine
 def test_an_update_through_the_gateway_fails_no_request(served):
     host, _ = served
     manifests = [configuration("tiny-v1"), configuration("tiny-v2", version="2", readyDelay="1")]
@@ -173,6 +178,7 @@ def test_an_update_through_the_gateway_fails_no_request(served):
     assert set(versions[:switch]) == {b"1\n"} and set(versions[switch:]) == {b"2\n"}
 
 
+@pytest.mark.engine
 def test_replicas_are_reached_at_their_own_address_where_the_host_owns_their_bridge(host):
     """On a local engine whose bridge ends on this host (rootful Docker on Linux) the gateway
     skips docker-proxy and relays to each container's own address; elsewhere (rootless Docker,
@@ -411,7 +417,8 @@ def relay_test(
         port = sock.getsockname()[1]
         await front.start(sock)
         try:
-            await asyncio.wait_for(scenario(model, table, front, port), 20)
+            # A hang guard only: scenarios take milliseconds.
+            await asyncio.wait_for(scenario(model, table, front, port), 60)
         finally:
             await front.shutdown(1.0)
             await model.stop()
@@ -424,6 +431,17 @@ def relay_test(
 
 async def connect(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     return await asyncio.open_connection("127.0.0.1", port)
+
+
+async def until(predicate: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    """Poll `predicate` on the loop (which the relay shares) until it holds; the deadline is a
+    hang guard, generous: what is awaited takes milliseconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.01)
 
 
 def get(path: str, extra: str = "") -> bytes:
@@ -513,6 +531,8 @@ def test_a_repeated_head_with_a_body_in_pieces_or_another_request_behind_is_pars
         assert (await read_response(r))[2] == b"conn=1 POST /echo\n0123456789"
         w.write(same[:-4])  # the body's end comes later
         await w.drain()
+        # The point, not a wait for something: a pause, so that the relay reads the body's end
+        # in a read of its own.
         await asyncio.sleep(0.05)
         w.write(same[-4:])
         assert (await read_response(r))[2] == b"conn=1 POST /echo\n0123456789"
@@ -555,7 +575,9 @@ def test_expect_100_continue_gets_continue_before_the_body_is_sent():
             f"POST /v2/inference/deployments/{DEP}/echo HTTP/1.1\r\nHost: gw\r\n"
             "Content-Length: 5\r\nExpect: 100-continue\r\n\r\n".encode()
         )
-        assert await asyncio.wait_for(r.readuntil(b"\r\n\r\n"), 2) == (
+        # (the body is sent only after the 100: without it this read would hang; the bound is
+        # a hang guard, generous)
+        assert await asyncio.wait_for(r.readuntil(b"\r\n\r\n"), 10) == (
             b"HTTP/1.1 100 Continue\r\n\r\n"
         )
         w.write(b"hello")
@@ -638,11 +660,7 @@ def test_a_client_that_leaves_mid_answer_closes_the_upstream_connection():
         w.write(get("/endless"))
         await r.readexactly(100_000)
         w.close()
-        for _ in range(100):
-            if model.open == 0:
-                break
-            await asyncio.sleep(0.02)
-        assert model.open == 0  # closed, not pooled
+        await until(lambda: model.open == 0, "the upstream connection to close")  # not pooled
         assert not any(front.pool.idle.values())
         r, w = await connect(port)  # and the gateway still serves
         w.write(get("/echo"))
@@ -695,6 +713,7 @@ def answers(url: str) -> bool:
         return False
 
 
+@pytest.mark.engine
 def test_a_replica_removed_a_moment_ago_is_skipped_not_waited_for(docker_client):
     """A container reached at its own address and then removed by hand leaves an address that
     swallows connection attempts (nobody is there to refuse them). Until the table notices, a
@@ -802,14 +821,16 @@ def test_shutdown_lets_answers_in_flight_finish():
         w.write(get("/sse"))
         await r.readuntil(b"data: first\n\n\r\n")
         idle_r, _ = await connect(port)
-        await asyncio.sleep(0.05)
-        stopping = asyncio.create_task(front.shutdown(5.0))
-        assert await asyncio.wait_for(idle_r.read(), 2) == b""  # idle: closed at once
+        await until(lambda: len(front.conns) == 2, "the idle connection to be accepted")
+        # A grace far longer than the bounds below: closing the idle connection "at once" and
+        # ending once the answer is done are told apart from waiting the grace out.
+        stopping = asyncio.create_task(front.shutdown(60.0))
+        assert await asyncio.wait_for(idle_r.read(), 10) == b""  # idle: closed at once
         with pytest.raises(OSError):
             await connect(port)  # no longer accepting
         model.go.set()
         assert await r.readuntil(b"0\r\n\r\n") == b"e\r\ndata: second\n\n\r\n0\r\n\r\n"
         assert await r.read() == b""  # and then the connection ends
-        await asyncio.wait_for(stopping, 2)
+        await asyncio.wait_for(stopping, 10)  # not at the grace's end
 
     relay_test(scenario)

@@ -19,6 +19,7 @@ from tests.engine_support import (
     deployment,
     docs,
     request,
+    serve_root,
     served_host,
     wait_for,
 )
@@ -174,12 +175,14 @@ def test_the_vllm_gpu_template_renders_with_gpus_ipc_cache_and_readiness():
     assert rendered["targetStatus"] == "STOPPED"
 
 
-# -- on the engine ------------------------------------------------------------------------
+# -- served: on the engine (marked), and the catalog through the AI API (no engine) -------
 
 
 @pytest.fixture(scope="module")
 def embeddings_image() -> None:
-    subprocess.run([PROJECT / "scripts/build-images"], check=True, capture_output=True)
+    subprocess.run(
+        [PROJECT / "scripts/build-images"], check=True, capture_output=True, timeout=1800
+    )
 
 
 @pytest.fixture
@@ -195,6 +198,19 @@ def served(tmp_path: Path, docker_client, embeddings_image):
     host.cleanup()
 
 
+@pytest.fixture
+def served_catalog(tmp_path: Path):
+    """The same root and server, with no engine (and no image): for what runs no container.
+    Yields the root and the server."""
+
+    def populate(root: Path) -> None:
+        shutil.copy(PROJECT / "templates/embeddings-serving.yaml", root / "templates")
+
+    root, _, server = serve_root(tmp_path, populate)
+    yield root, server
+    server.stop()
+
+
 def embed(url: str, text: str = "a deployment URL that stays") -> tuple[int, str | None, Any]:
     code, headers, raw = request(
         url + "/v1/embeddings",
@@ -205,6 +221,7 @@ def embed(url: str, text: str = "a deployment URL that stays") -> tuple[int, str
 
 
 @pytest.mark.engine
+@pytest.mark.timeout(300, func_only=True)  # (`served` may build an image: minutes)
 def test_latest_moves_with_a_commit_and_the_deployment_follows_with_no_failed_request(served):
     host, _ = served
     host.write(catalog(latest="1.0"), "manifests/models.yaml")
@@ -265,6 +282,7 @@ def test_latest_moves_with_a_commit_and_the_deployment_follows_with_no_failed_re
 
 
 @pytest.mark.engine
+@pytest.mark.timeout(300, func_only=True)  # (`served` may build an image: minutes)
 def test_retirement_warns_in_the_window_then_stops_with_the_reason(served):
     host, _ = served
     host.write(catalog(latest="1.1", retire_10=day(10)), "manifests/models.yaml")
@@ -293,13 +311,12 @@ def test_retirement_warns_in_the_window_then_stops_with_the_reason(served):
     assert host.cli("plan", "--detailed-exitcode").code == 0  # stays stopped, no error
 
 
-@pytest.mark.engine
-def test_the_ai_api_lists_the_catalog_for_sap_sdk(served):
+def test_the_ai_api_lists_the_catalog_for_sap_sdk(served_catalog):
     from ai_core_sdk.ai_core_v2_client import AICoreV2Client
 
-    host, server = served
-    host.write(catalog(latest="1.1", retire_10="2027-06-30"), "manifests/models.yaml")
-    host.write(config("follow"))
+    root, server = served_catalog
+    (root / "manifests/models.yaml").write_text(catalog(latest="1.1", retire_10="2027-06-30"))
+    (root / "manifests/app.yaml").write_text(config("follow"))
     client = AICoreV2Client(
         base_url=f"{server.base}/v2",
         token_creator=lambda: "Bearer unused",

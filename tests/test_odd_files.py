@@ -1,8 +1,8 @@
 """Odd files a merged change can bring under manifests/ or templates/ (issue 13, finding 6).
 
 Each must fail `validate` and `plan` with one line naming the file and what to do, exit 1, no
-traceback, nothing changed, and never hang: the real CLI runs in a child process whose
-timeout is a hang guard (generous, not a timed assertion).
+traceback, nothing changed, and never hang: the real CLI runs in a child process of its own
+(forked, tests/forked_cli.py) whose timeout is a hang guard (generous, not a timed assertion).
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ECHO_MANIFESTS, ECHO_TEMPLATE, Result, cli_process
+from tests.conftest import ECHO_MANIFESTS, ECHO_TEMPLATE, Result
+from tests.forked_cli import run_cli
 
 HANG_GUARD = 20.0  # seconds; these commands take well under one when they work
 
@@ -35,7 +36,7 @@ def repo(gitops: Callable[..., Path]) -> Path:
 
 
 def run(root: Path, command: str) -> Result:
-    return cli_process(command, "--root", root, timeout=HANG_GUARD)
+    return run_cli(command, "--root", root, timeout=HANG_GUARD).result
 
 
 def assert_refused(result: Result, rel: str, *words: str) -> None:

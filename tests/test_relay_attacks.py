@@ -4,6 +4,9 @@ Finding 2: a request whose Connection header named Content-Length lost its lengt
 body on the way to a pooled upstream connection; the body became a request of its own there,
 and the next caller, another tenant, got its answer. Finding 4: connections that send their
 head one byte at a time held every connection slot.
+
+The smuggling test runs a real container behind the gateway (marked `engine`); the slow-head
+tests need only `reconciler serve` and sockets, no engine.
 """
 
 from __future__ import annotations
@@ -27,13 +30,11 @@ from tests.engine_support import (
     deployment,
     docs,
     free_port,
-    served_host,
+    serve_root,
     settings,
     wait_for,
 )
 from tests.test_ai_api import add_client, token
-
-pytestmark = pytest.mark.engine
 
 
 def answer(sock: socket.socket, method: str = "GET") -> tuple[int, dict[str, str], bytes]:
@@ -71,6 +72,7 @@ def tenants(host: Host, tmp_path: Path) -> Iterator[tuple[Host, Server, str, str
         server.stop()
 
 
+@pytest.mark.engine
 def test_connection_content_length_smuggles_nothing_to_another_tenant(tenants):
     """Team-a's request names Content-Length in its Connection header; its body is the start
     of a request of team-a's own, left open to swallow whatever comes next on that upstream
@@ -184,14 +186,15 @@ def healthz(port: int, source: str = "127.0.0.1") -> int:
 
 
 @pytest.fixture
-def serve(tmp_path: Path, docker_client: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
-    """Start `reconciler serve --no-auth` (an empty GitOps root) with the environment given."""
+def serve(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """Start `reconciler serve --no-auth` (an empty GitOps root: no engine needed) with the
+    environment given."""
     started: list[Server] = []
 
     def start(**env: str) -> Server:
         for name, value in env.items():
             monkeypatch.setenv(name, value)
-        _, server = served_host(tmp_path, docker_client, lambda root: None)
+        _, _, server = serve_root(tmp_path, lambda root: None)
         started.append(server)
         return server
 
@@ -209,6 +212,9 @@ def test_a_slow_head_is_cut_off_at_the_deadline_and_others_are_served(serve):
     blank = Dribbler(server.port, 1, b"\r\n")
     good: list[int] = []
     try:
+        # Polled until every slow connection is closed; the deadline only stops a server that
+        # never closes them: 12 s, against the 1.5 s head deadline (and the 5 s keep-alive
+        # that ends the blank one).
         deadline = time.monotonic() + 12
         while time.monotonic() < deadline and (slow.open() or blank.open()):
             slow.poll()
@@ -216,12 +222,13 @@ def test_a_slow_head_is_cut_off_at_the_deadline_and_others_are_served(serve):
             slow.dribble()
             blank.dribble(b"\r\n")
             good.append(healthz(server.port))
-            time.sleep(0.2)
+            time.sleep(0.2)  # the point: a byte every 0.2 s, a client too slow for the deadline
         assert not slow.open() and not blank.open(), "slow connections still open after 12 s"
         # (a 408 can be lost to the reset that a byte sent after the close brings)
         said = [slow.got[s] for s in slow.socks if slow.got[s]]
         assert said and all(g.startswith(b"HTTP/1.1 408 ") for g in said), said[:3]
-        assert len(good) > 5 and set(good) == {200}, good
+        # A good request each round (how many depends on the machine's speed), all served.
+        assert len(good) >= 3 and set(good) == {200}, good
     finally:
         slow.close()
         blank.close()
@@ -235,8 +242,10 @@ def test_one_address_cannot_hold_every_connection(serve):
     slow = Dribbler(server.port, 300, b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow")
     good: list[int] = []
     try:
+        # The point: 2 s of dribbling, a byte every 0.1 s, well before the 8 s head deadline
+        # (which would close the 50 held connections with a 408, not a 503).
         deadline = time.monotonic() + 2
-        while time.monotonic() < deadline:  # (bounded: 2 s, 0.1 s a round)
+        while time.monotonic() < deadline:
             slow.poll()
             slow.dribble()
             good.append(healthz(server.port, source="127.0.0.2"))

@@ -15,9 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +25,8 @@ from reconciler.manifests import render
 from reconciler.manifests.desired import desired_state
 from reconciler.manifests.load import load
 from reconciler.manifests.sources import API_FOLDER
-from tests.conftest import ECHO_MANIFESTS, ECHO_TEMPLATE, PROJECT, cli
+from tests.conftest import ECHO_MANIFESTS, ECHO_TEMPLATE, cli
+from tests.forked_cli import run_cli
 
 # -- finding 1a: values never change the structure of the spec --------------------------------
 
@@ -409,19 +407,9 @@ def test_a_model_path_made_from_a_parameter_is_checked_when_rendering(gitops):
 
 # -- finding 5: memory and time bombs ----------------------------------------------------------
 
-# Runs `reconciler validate` in a child that reports its own peak RSS. The address-space limit
-# only protects this machine from the old, unbounded code; the bound under test is far lower.
-_CHILD = """
-import resource, sys
-resource.setrlimit(resource.RLIMIT_AS, (6 << 30, 6 << 30))
-from reconciler.cli.main import main
-code = main(sys.argv[1:])
-# VmHWM, not getrusage's ru_maxrss: Linux carries ru_maxrss over fork and exec, so a child of
-# a large pytest process would report the parent's size.
-hwm = next(l for l in open("/proc/self/status") if l.startswith("VmHWM:")).split()[1]
-sys.stderr.write("\\npeak-rss-kib=%s\\n" % hwm)
-sys.exit(code)
-"""
+# Runs `reconciler validate` in a child process of its own (tests/forked_cli.py), whose peak RSS
+# is measured; an address-space limit there only protects this machine from the old, unbounded
+# code: the bound under test is far lower.
 PEAK_RSS_LIMIT_MIB = 300  # a process that loads the package is about 60–90 MiB
 
 REPLACE_CHAIN = '"a"' + '|replace("a", "aaaaaaaaaa")' * 9
@@ -462,21 +450,10 @@ BOMBS = {
 
 
 def validate_measured(root: Path) -> tuple[int, list[str], int]:
-    proc = subprocess.run(
-        [sys.executable, "-c", _CHILD, "validate", "--root", str(root)],
-        capture_output=True,
-        text=True,
-        timeout=120,  # a sanity bound only: the bounded code answers in about a second
-        cwd=PROJECT,
-    )
-    match = re.search(r"peak-rss-kib=(\d+)", proc.stderr)
-    assert match, proc.stderr[-2000:]
-    lines = [
-        line
-        for line in proc.stderr.splitlines()
-        if line.strip() and not line.startswith(("error: ", "peak-rss-kib="))
-    ]
-    return proc.returncode, lines, int(match[1]) // 1024
+    # (the timeout is a hang guard only: the bounded code answers in well under a second)
+    run = run_cli("validate", "--root", root, timeout=120)
+    lines = [line for line in run.result.lines if not line.startswith("error: ")]
+    return run.result.code, lines, run.peak_mib
 
 
 @pytest.mark.parametrize("expression", BOMBS.values(), ids=BOMBS.keys())
