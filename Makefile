@@ -51,7 +51,7 @@ images: docker
 	scripts/build-images
 
 test: lint images
-	$(BIN)/python -m pytest
+	RELAY_FUZZ=thorough $(BIN)/python -m pytest
 
 bench: $(STAMP) images
 	$(BIN)/python bench/validate_1000.py 1000
