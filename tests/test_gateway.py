@@ -17,11 +17,12 @@ import httptools
 import pytest
 import uvloop
 
-from reconciler.backends.docker.engine import Engine
-from reconciler.core.observe import observe
+from reconciler import backends
+from reconciler.backends.base import published_endpoint
+from reconciler.backends.network import host_owns
 from reconciler.serve.gateway import Gateway
 from reconciler.serve.relay import BUFFER_LIMIT, MAX_HEAD_BYTES, HttpFront
-from reconciler.serve.routes import Route, build_routes, host_owns, relay_targets
+from reconciler.serve.routes import Route, build_routes, relay_targets
 from tests.engine_support import (
     TEST_IMAGE,
     Server,
@@ -199,12 +200,13 @@ def test_replicas_are_reached_at_their_own_address_where_the_host_owns_their_bri
     mine = {field.split("/")[0] for line in listed.splitlines() for field in line.split()[3:4]}
     gateways = {n["Gateway"] for n in nets}
     assert {g for g in gateways if host_owns(g)} == gateways & mine
-    engine = Engine.connect()
+    backend = backends.connect()
 
-    (route,) = build_routes(host.root, host.instance, engine, "127.0.0.1").values()
+    (route,) = build_routes(host.root, host.instance, backend, "127.0.0.1").values()
     assert route.targets == (own if gateways <= mine else published)
-    containers = list(observe(engine, host.instance, images=False).containers)
-    assert relay_targets(containers, "127.0.0.1", frozenset()) == published
+    containers = list(backend.observe(host.instance, images=False).containers)
+    at_published = {c.id: published_endpoint(c, "127.0.0.1") for c in containers}
+    assert relay_targets(containers, at_published) == published
     for address in own + published:
         assert request(f"http://{address}/version")[::2] == (200, b"1\n"), address
 

@@ -473,35 +473,42 @@ def test_a_deployment_dead_for_seven_days_is_deleted(host):
 
 
 def test_docker_events_resume_from_since_and_own_actions_are_known(host, docker_client):
-    from reconciler.backends.docker.engine import Engine
+    from reconciler.backends import Event, connect
 
-    engine = Engine.connect()
-    ns = time.time_ns()
-    since = f"{ns // 10**9}.{ns % 10**9:09d}"
+    backend = connect()
+    since = time.time_ns()
     labels = {"reconciler.managed": "true", "reconciler.instance": host.instance}
     c = docker_client.create_container(TEST_IMAGE, command=["true"], labels=labels)
     docker_client.start(c["Id"])
     docker_client.wait(c["Id"], timeout=10)
     # Opened after the container died: the engine replays its `die` from `since` on.
-    stream = engine.events(
-        since,
-        {
-            "type": ["container"],
-            "label": [f"reconciler.instance={host.instance}"],
-            "event": ["die"],
-        },
-    )
-    got: queue.Queue[dict[str, Any]] = queue.Queue()
+    stream = backend.events(since)
+    got: queue.Queue[Event] = queue.Queue()
+
+    def next_of(action: str) -> Event:  # other roots' containers may have events too
+        while True:
+            event = got.get(timeout=10)
+            if event.replica_id == c["Id"] and event.action == action:
+                return event
+
     reader = threading.Thread(target=lambda: [got.put(e) for e in stream], daemon=True)
     reader.start()
     try:
-        event = got.get(timeout=10)
+        event = next_of("die")
     finally:
         stream.close()
     reader.join(timeout=5)
     assert not reader.is_alive()  # close() ends the stream from another thread
-    assert event["Action"] == "die" and event["Actor"]["ID"] == c["Id"]
-    assert event["Actor"]["Attributes"]["reconciler.instance"] == host.instance
-    assert not engine.caused(c["Id"])
-    engine.remove(c["Id"])
-    assert engine.caused(c["Id"])
+    assert event.action == "die" and event.replica_id == c["Id"]
+    assert event.instance == host.instance and not event.own
+    assert event.time_ns is not None and event.time_ns >= since
+    # The backend's own removal: its `destroy` is marked as such.
+    (replica,) = [r for r in backend.observe(host.instance).containers if r.id == c["Id"]]
+    own = backend.events(event.time_ns + 1)
+    backend.delete([replica])
+    reader = threading.Thread(target=lambda: [got.put(e) for e in own], daemon=True)
+    reader.start()
+    try:
+        assert next_of("destroy").own
+    finally:
+        own.close()

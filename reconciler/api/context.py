@@ -1,16 +1,16 @@
 """What the AI API's endpoints share: the `ApiContext` (the GitOps root, its desired state,
-write-back, reconcile trigger and engine), and the dependencies that hand it and the caller
+write-back, reconcile trigger and backend), and the dependencies that hand it and the caller
 (who, in which resource group) to each endpoint.
 
-The engine is used in two small methods only, `statuses` and `replica_logs` (with `replicas`),
-so that the endpoints never see it.
+The backend is used in two small methods only, `statuses` and `log_lines`, so that the
+endpoints never see it.
 """
 
 # No `from __future__ import annotations`: FastAPI reads the dependencies' annotations at
 # runtime.
 import contextlib
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -18,8 +18,8 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Header, Request
 
-from ..backends.base import Replica
-from ..backends.docker.engine import Engine, EngineUnreachable
+from ..backends import Backend, EngineUnreachable, LogLine
+from ..core.logs import log_window
 from ..core.observe import observe
 from ..core.record import read_snapshot
 from ..core.status import deployment_statuses
@@ -46,13 +46,13 @@ class ApiContext:
     def __init__(
         self,
         root: Path,
-        engine: Engine,
+        backend: Backend,
         credentials: Credentials | None,
         trigger: Callable[[str], None],
         api_url: str | None = None,
     ) -> None:
         self.root = root
-        self.engine = engine
+        self.backend = backend
         self.credentials = credentials  # None: --no-auth
         self.trigger = trigger
         self.api_url = api_url
@@ -96,28 +96,26 @@ class ApiContext:
             self._stamp = self._files_stamp()
             self.problems = ()
 
-    # -- the engine's uses ----------------------------------------------------------------------
+    # -- the backend's uses ---------------------------------------------------------------------
 
     def statuses(self, state: DesiredState, base_url: str) -> list[dict[str, Any]]:
         snapshot = read_snapshot(self.root, state.repo.instance)
         observed, problem = None, None
         try:
-            observed = observe(self.engine, state.repo.instance, images=False)
+            observed = observe(self.backend, state.repo.instance, images=False)
         except EngineUnreachable as exc:
             problem = str(exc)
         api_url = self.api_url or state.repo.settings.api_url or base_url
         return deployment_statuses(snapshot, state, observed, problem, api_url=api_url)
 
-    def replicas(self, state: DesiredState, deployment_id: str) -> list[Replica]:
-        """What runs of one deployment now (nothing for one that is DEAD or gone)."""
-        observed = observe(self.engine, state.repo.instance, images=False)
-        return observed.by_deployment().get(deployment_id, [])
-
-    def replica_logs(
-        self, replica: Replica, since: datetime, until: datetime | None
-    ) -> Iterator[tuple[str, bytes]]:
-        """("stdout" | "stderr", its lines, each led by an RFC 3339 time) of one replica."""
-        return self.engine.log_streams(replica.id, since=since, until=until)
+    def log_lines(
+        self, state: DesiredState, deployment_id: str, since: datetime, until: datetime | None
+    ) -> list[LogLine] | None:
+        """What the deployment's replicas wrote from `since` to `until`, secrets redacted; None
+        when none runs (a DEAD deployment's kept lines are in the state)."""
+        declared = state.find_declared(deployment_id)
+        spec = declared.spec if declared else None
+        return log_window(self.backend, state.repo.instance, deployment_id, since, until, spec)
 
 
 # -- the endpoints' dependencies --------------------------------------------------------------

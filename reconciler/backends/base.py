@@ -1,14 +1,63 @@
-"""What every engine backend shares: the neutral records of what runs.
+"""What every engine backend shares: the interface, and the neutral records it speaks in.
 
-A backend (Docker today) observes its engine and reports each replica of each deployment as
-a `Replica`; nothing outside `reconciler.backends` sees the engine's own shapes.
+The core works on whole deployments through `Backend` (the way Argo CD's gitops-engine keeps
+kubectl behind an interface with a mock): it observes what runs as `Replica` records, asks a
+backend to *converge* one deployment toward an `Intent`, stops and deletes replicas, reads
+their logs and events, and asks where the routing table reaches them. How a backend gets there
+is its own business: Docker creates containers start-first and hands the old ones back for the
+core to retire once it has recorded the new ones; an engine with rolling updates of its own
+(Swarm) replaces them itself and hands nothing back. `Capabilities` says which is which.
+
+Nothing outside `reconciler.backends` sees an engine's own shapes (Docker's JSON, its status
+text, its event attributes); `reconciler.backends.connect` is the only way to get a backend.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Protocol
+
+from ..errors import UserError
+
+if TYPE_CHECKING:
+    from ..manifests.desired import DesiredDeployment
+    from ..manifests.spec import ContainerSpec, Hashing
+
+# Lines of a failed replica's output kept with its failure (the state's lastLogs): enough for
+# a traceback, little enough for the state file.
+LAST_LINES = 50
+
+
+class EngineUnreachable(UserError):
+    """The engine does not answer."""
+
+
+class EngineError(Exception):
+    """The engine refused an operation; `str()` is the engine's own explanation."""
+
+
+class NotFound(Exception):
+    """The replica or image does not exist (any more)."""
+
+
+class ConvergeFailed(Exception):
+    """A deployment could not be brought up. `reason` is the engine's or the model server's
+    own words; `logs` the failed replica's last lines as it wrote them (not yet redacted: the
+    core redacts them with the spec before they are kept or shown)."""
+
+    def __init__(self, reason: str, logs: Sequence[str] = ()) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.logs = tuple(logs)
+
+
+class Interrupted(Exception):
+    """The pass was told to stop while a backend waited: what was started is left as it is,
+    and the next pass settles it."""
 
 
 @dataclass(frozen=True)
@@ -30,7 +79,7 @@ class Replica:
     resources: Mapping[str, Any] = field(compare=False)
     gpus: tuple[str, ...]
     state: str  # created | running | restarting | paused | exited | dead | removing
-    status: str  # Docker's human text: "Up 5 minutes", "Exited (1) 3 seconds ago"
+    status: str  # the engine's own words for the state, for people: "Up 5 minutes"
     host_ip: str | None
     host_port: int | None
     container_port: int
@@ -44,6 +93,8 @@ class Replica:
     model: str = ""  # "name:version" of the catalog model it serves, if any
     restarts: int = 0  # how often the engine restarted it (Docker: for restarting ones only)
     exit_code: int | None = None  # of the last exit, when it exited
+    node: str = ""  # the engine's node that runs it ("": the engine's own host)
+    image: str = ""  # the image reference it was created from, as the engine names it
 
     @property
     def running(self) -> bool:
@@ -59,6 +110,9 @@ class Replica:
 
 @dataclass(frozen=True)
 class Observed:
+    """What runs of one instance (its replicas in deployment and replica order), and, for
+    planning, the image ids the engine knows."""
+
     containers: tuple[Replica, ...]
     images: Mapping[str, str]  # normalized image reference -> image id
 
@@ -87,3 +141,172 @@ def normalize_image(ref: str) -> str:
         if ref.startswith(prefix):
             return ref[len(prefix) :]
     return ref
+
+
+# -- what the core asks of a backend ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend can do; the core and the planner choose their steps by it."""
+
+    # Resources (CPUs, memory, restart policy) change on a running replica (`docker update`);
+    # without it a resource change is a replacement.
+    in_place_resources: bool
+    # Replicas can be pinned to device ids from Settings.gpus (the planner's GPU inventory);
+    # without it a GPU count is left to the engine's own scheduling.
+    gpu_inventory: bool
+    # The engine replaces a deployment's replicas start-first by itself (Swarm's rolling
+    # update): `converge` hands back nothing to retire.
+    rolling_updates: bool
+
+
+@dataclass(frozen=True)
+class Intent:
+    """What one deployment is to become, for `Backend.converge`: the whole deployment (its
+    spec, its config hash) and the planner's per-replica steps, which a backend that works
+    replica by replica follows and one that works per deployment may ignore."""
+
+    deployment: DesiredDeployment
+    config_hash: str  # what the plan computed (from the image id it observed)
+    hashing: Hashing  # how new replicas' identity labels are written
+    instance: str
+    root: str  # the GitOps root, labelled so that another root's replicas are never touched
+    revision: str | None  # the manifests' commit
+    publish_address: str  # where serving ports are published on the host
+    create: tuple[int, ...] = ()  # replica indexes to start
+    remove_first: tuple[Replica, ...] = ()  # not serving: removed before anything starts
+    retire: tuple[Replica, ...] = ()  # serving: retired once the new ones are ready
+    gpus: tuple[str, ...] = ()  # device ids for the new replicas, spec.gpus each
+    stop_first: bool = False  # retire before starting (no free GPU for both at once)
+    image_id: str | None = None  # the image's id when this pass resolved it already
+
+
+@dataclass(frozen=True)
+class Converged:
+    """What `converge` left: the new replicas run and were seen ready."""
+
+    config_hash: str  # of what now serves (differs from the plan's for an image pulled now)
+    image_id: str | None  # the image resolved on the way (None: nothing was created)
+    # Old replicas that still serve: the core records the deployment RUNNING, lets the routing
+    # table move to the new ones, then retires these with `stop`. Empty when the engine
+    # replaced them itself, or when they had to stop first.
+    retire: tuple[Replica, ...] = ()
+
+
+@dataclass(frozen=True)
+class Event:
+    """Something happened to a replica outside a pass's knowledge (it died, was removed ...):
+    a trigger for the watch loop, never a truth to act on."""
+
+    replica_id: str
+    action: str  # the engine's word: die, oom, destroy, health_status, pause
+    instance: str  # whose replica ("" when the engine did not say)
+    name: str  # the deployment's name, or else the replica's
+    time_ns: int | None  # when, by the engine's clock: a resumed stream starts just after it
+    own: bool = False  # caused by this backend's own stop or delete: not drift
+
+
+class EventStream(Protocol):
+    """Events as they come; iteration ends when the engine closes the stream (it stopped, or
+    the connection broke), or when `close()` is called from another thread."""
+
+    def __iter__(self) -> Iterator[Event]: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class LogLine:
+    """One line a replica wrote, with when and on which stream."""
+
+    replica: str  # the replica's name
+    stream: str  # stdout | stderr
+    time: str  # RFC 3339 in UTC, as precise as the engine keeps it
+    text: str
+
+
+class Backend(ABC):
+    """One engine, at the level of whole deployments. Implementations: `DockerBackend`
+    (reconciler.backends.docker), `FakeBackend` (reconciler.backends.fake, in memory, for
+    daemon-free tests). Methods raise EngineUnreachable when the engine does not answer."""
+
+    capabilities: Capabilities
+
+    @abstractmethod
+    def observe(self, instance: str, images: bool = True) -> Observed:
+        """This instance's replicas and, for planning, the images the engine has (`images=
+        False` for callers that only show or route: it may cost the engine a call less)."""
+
+    @abstractmethod
+    def converge(self, intent: Intent, stop: threading.Event) -> Converged:
+        """Bring one deployment to `intent`: remove what does not serve, start what is
+        missing and wait until it is ready. Raises ConvergeFailed (nothing new is left behind;
+        what served keeps serving unless it had to stop first) or Interrupted (`stop` was
+        set while waiting: what was started is left for the next pass)."""
+
+    @abstractmethod
+    def wait_ready(
+        self, spec: ContainerSpec, replicas: Sequence[Replica], stop: threading.Event
+    ) -> None:
+        """Wait until replicas that run as desired are ready (a pass was interrupted before
+        it saw them so). Raises ConvergeFailed or Interrupted, as `converge`."""
+
+    @abstractmethod
+    def update_resources(self, replicas: Iterable[Replica], spec: ContainerSpec) -> None:
+        """Give running replicas the spec's resources in place (capabilities.
+        in_place_resources). Raises ConvergeFailed."""
+
+    @abstractmethod
+    def stop(self, replicas: Iterable[Replica], timeout: int | None = None) -> None:
+        """Retire replicas gracefully: those alive get `timeout` seconds (None: the engine's
+        default) to finish what they serve, then all are removed. Gone already is fine."""
+
+    @abstractmethod
+    def delete(self, replicas: Iterable[Replica]) -> None:
+        """Remove replicas at once (they do not serve). Gone already is fine."""
+
+    @abstractmethod
+    def last_lines(self, replica: Replica, count: int = LAST_LINES) -> tuple[str, ...]:
+        """The last non-blank lines a replica wrote, both streams (none if it is gone)."""
+
+    @abstractmethod
+    def logs(
+        self,
+        replica: Replica,
+        *,
+        tail: int | None = None,
+        since: datetime | None = None,
+        timestamps: bool = False,
+    ) -> list[str]:
+        """What a replica wrote, both streams in order (`tail`: only the last lines;
+        `timestamps`: each line led by its RFC 3339 time and a space)."""
+
+    @abstractmethod
+    def log_window(
+        self, replica: Replica, since: datetime, until: datetime | None
+    ) -> Iterator[LogLine]:
+        """A replica's lines from `since` to `until` (None: now), stream by stream."""
+
+    @abstractmethod
+    def events(self, since_ns: int) -> EventStream:
+        """Events of managed replicas from `since_ns` (unix time in nanoseconds) on: the
+        engine replays what it still holds from then, so a stream resumed after a break
+        misses nothing the engine kept. Raises EngineUnreachable or EngineError."""
+
+    @abstractmethod
+    def watching(self, instance: str) -> str:
+        """Which events `events` reports, in words for the watch loop's first log line."""
+
+    @abstractmethod
+    def endpoints(self, replicas: Iterable[Replica], publish_address: str) -> dict[str, str]:
+        """`host:port` where this host reaches each replica that serves, by replica id: the
+        routing table relays there."""
+
+
+def published_endpoint(replica: Replica, publish_address: str) -> str:
+    """`host:port` where the host publishes a replica's serving port (a wildcard binding is
+    reached on the loopback address)."""
+    host = replica.host_ip or publish_address
+    host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    return f"{host}:{replica.host_port}"

@@ -14,8 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..backends.base import Observed
-from ..backends.docker.engine import Engine
+from ..backends import Backend, Observed, connect
 from ..errors import ManifestError
 from ..manifests.desired import DesiredState, desired_state
 from ..manifests.gitsource import read_commit
@@ -63,21 +62,34 @@ class PassResult:
 
 def preview(
     root: Path,
-    engine: Engine | None = None,
+    backend: Backend | None = None,
     allow_empty: bool = False,
     revision: str | None = None,
 ) -> Preview:
     """`revision` (a commit, tag, branch ...): the manifests committed there, read from git
-    without touching the working tree; None: the working tree's manifests."""
+    without touching the working tree; None: the working tree's manifests. `backend`: the
+    one the manifests' Settings choose, unless given."""
+    desired, revision = _load(root, revision)
+    return _preview(root, desired, revision, backend or connect(desired.repo.settings), allow_empty)
+
+
+def _load(root: Path, revision: str | None) -> tuple[DesiredState, str | None]:
+    """The desired state, and the revision it was read from."""
     if revision is None:
-        desired = desired_state(root)
-        revision = working_tree_revision(root)
-    else:
-        revision, files = read_commit(root, revision)
-        desired = desired_state(root, files)
-    engine = engine or Engine.connect()
+        return desired_state(root), working_tree_revision(root)
+    revision, files = read_commit(root, revision)
+    return desired_state(root, files), revision
+
+
+def _preview(
+    root: Path,
+    desired: DesiredState,
+    revision: str | None,
+    backend: Backend,
+    allow_empty: bool,
+) -> Preview:
     snapshot = read_snapshot(root, desired.repo.instance)
-    observed = observe(engine, desired.repo.instance)
+    observed = observe(backend, desired.repo.instance)
     hashing = instance_hashing(desired.repo.instance)
     the_plan = plan(desired, observed, snapshot, now(), allow_empty, revision, hashing=hashing)
     return Preview(desired, observed, snapshot, the_plan)
@@ -100,18 +112,20 @@ def reconcile(
     trigger: str = "cli",
     lock_wait: float = 10.0,
     revision: str | None = None,
-    engine: Engine | None = None,
+    backend: Backend | None = None,
 ) -> PassResult:
-    """One pass. `revision`: apply the manifests committed there (see `preview`); `engine`:
-    reuse a handle (watch keeps one, so that it can tell its own actions' Docker events)."""
+    """One pass. `revision`: apply the manifests committed there (see `preview`); `backend`:
+    reuse one (watch keeps one, so that it can tell its own actions' events), else the one
+    the manifests' Settings choose."""
     started = time.monotonic()
     started_at = iso(now())
     if revision is None:  # (committed manifests: the working tree may lack the folders)
         check_root(root)  # before anything is made under a mistyped --root
     check_state_writable(root)
     with instance_lock(root, wait=lock_wait):
-        engine = engine or Engine.connect()
-        view = preview(root, engine, allow_empty, revision)
+        desired, revision = _load(root, revision)
+        backend = backend or connect(desired.repo.settings)
+        view = _preview(root, desired, revision, backend, allow_empty)
         the_plan = view.plan
         if the_plan.problems:
             raise ManifestError(the_plan.problems)
@@ -124,7 +138,7 @@ def reconcile(
         recorder = Recorder(root, view.snapshot, the_plan.revision)
         try:
             outcomes = apply_plan(
-                engine,
+                backend,
                 view.desired,
                 the_plan,
                 recorder,

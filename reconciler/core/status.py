@@ -12,8 +12,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from ..backends import EngineUnreachable, connect
 from ..backends.base import Observed, Replica
-from ..backends.docker.engine import Engine, EngineUnreachable
 from ..errors import ManifestError
 from ..manifests.catalog import retirement_notice
 from ..manifests.desired import DesiredDeployment, DesiredState, desired_state
@@ -244,7 +244,7 @@ def status_view(root: Path) -> tuple[list[dict[str, Any]], list[str]]:
     snapshot = read_snapshot(root, instance)
     observed, problem = None, None
     try:
-        observed = observe(Engine.connect(), instance, images=False)
+        observed = observe(connect(desired.repo.settings if desired else None), instance, False)
     except EngineUnreachable as exc:
         problem = str(exc)
         notes.append(problem)

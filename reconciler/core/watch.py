@@ -46,11 +46,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from ..backends import labels as L
-from ..backends.docker.engine import Engine, EngineError, EngineUnreachable, EventStream
+from ..backends import Backend, EngineError, EngineUnreachable, Event, EventStream, connect
 from ..errors import ManifestError, UserError
 from ..manifests import gitsource
 from ..manifests.desired import DesiredState
+from ..manifests.kinds import Repository
 from ..manifests.load import load
 from ..manifests.revision import working_tree_revision
 from ..manifests.sources import MANIFEST_FOLDERS, check_root
@@ -70,7 +70,6 @@ LOCK_WAIT = 2.0  # someone else reconciles this root: retry later rather than bl
 RETRY_CAP = 60.0  # an error is retried after 1, 2, 4 ... seconds, at most this (or --resync)
 EVENTS_BACKOFF_CAP = 30.0  # reconnecting to a stopped engine: 1, 2, 4 ... seconds, at most this
 DEADLINE_SLACK = 0.2  # wake this long after a deadline: the plan's clock has 1 s steps
-DOCKER_EVENTS = ("die", "oom", "destroy", "health_status", "pause")
 # A pass triggered by Docker alone waits this long for the rest of the sequence: one
 # `docker rm -f` is a `die` then a `destroy`, one pass.
 DOCKER_SETTLE = 0.3
@@ -156,8 +155,8 @@ class _WorkingTree:
     def revision(self) -> str | None:
         return working_tree_revision(self.root)
 
-    def instance(self) -> str:
-        return load(self.root)[0].instance
+    def repository(self) -> Repository:
+        return load(self.root)[0]
 
     def watched(self) -> tuple[list[Path], Callable[[Any, str], bool] | None, str]:
         import watchfiles
@@ -199,11 +198,11 @@ class _GitBranch:
         except UserError:
             return None
 
-    def instance(self) -> str:
+    def repository(self) -> Repository:
         try:
-            return load(self.root, gitsource.read_commit(self.root, self.ref)[1])[0].instance
+            return load(self.root, gitsource.read_commit(self.root, self.ref)[1])[0]
         except UserError:  # not fetched yet: the working tree's Settings name it too
-            return load(self.root)[0].instance
+            return load(self.root)[0]
 
     def watched(self) -> tuple[list[Path], Callable[[Any, str], bool] | None, str]:
         git_dir = self.git_dir
@@ -230,8 +229,11 @@ class Watcher:
             )
         else:
             self.source = _WorkingTree(options.root)
-        self.engine = Engine.connect()
-        self._instance = self.source.instance()  # read by the events thread
+        repo = self.source.repository()
+        # One backend for the whole watch: it remembers its own stops and removals, so that
+        # the events they cause are told from drift.
+        self.backend: Backend = connect(repo.settings)
+        self._instance = repo.instance  # read by the events thread
         self._events: EventStream | None = None
         self.crashed = False
         # The consumer's state (only its thread touches these).
@@ -267,7 +269,7 @@ class Watcher:
                 root=str(self.root),
                 instance=self._instance,
                 source=self.source.describe(),
-                dockerEvents=f"{', '.join(DOCKER_EVENTS)} of {L.INSTANCE}={self._instance}",
+                dockerEvents=self.backend.watching(self._instance),
                 resyncSeconds=o.resync,
                 debounceMs=o.debounce_ms,
                 **({"fetchSeconds": o.fetch_interval} if o.git and o.remote else {}),
@@ -365,7 +367,7 @@ class Watcher:
                 trigger="watch: " + "; ".join(trigger),
                 lock_wait=LOCK_WAIT,
                 revision=revision,
-                engine=self.engine,
+                backend=self.backend,
             )
         except ManifestError as exc:
             self._last_end = time.monotonic()
@@ -479,16 +481,11 @@ class Watcher:
                 )
 
     def _watch_docker(self) -> None:
-        filters = {
-            "type": ["container"],
-            "label": [f"{L.MANAGED}=true"],
-            "event": list(DOCKER_EVENTS),
-        }
-        since = _timestamp(time.time_ns())
+        since = time.time_ns()
         failures = 0
         while not self.stop.is_set():
             try:
-                stream = self.engine.events(since, filters)
+                stream = self.backend.events(since)
             except (EngineUnreachable, EngineError) as exc:
                 failures += 1
                 if failures == 1:
@@ -500,12 +497,12 @@ class Watcher:
                 break
             if failures:
                 # Events may have been missed while it was away: look at everything.
-                self.log("docker-events", state="resumed", since=since)
+                self.log("docker-events", state="resumed", since=_timestamp(since))
                 self.triggers.add("docker", "engine reachable again")
                 failures = 0
             for event in stream:
-                if event.get("timeNano"):  # resume just after it (`since` is inclusive)
-                    since = _timestamp(int(event["timeNano"]) + 1)
+                if event.time_ns:  # resume just after it (`since` is inclusive)
+                    since = event.time_ns + 1
                 self._docker_event(event)
             stream.close()
             if not self.stop.is_set():  # the engine closed the stream: stopped or restarted
@@ -515,17 +512,12 @@ class Watcher:
         if self._events is not None:
             self._events.close()
 
-    def _docker_event(self, event: dict[str, Any]) -> None:
-        actor = event.get("Actor") or {}
-        attributes = actor.get("Attributes") or {}
-        if attributes.get(L.INSTANCE) != self._instance:
-            return  # another root's container
-        container = actor.get("ID") or event.get("id") or ""
-        if self.engine.caused(container):  # by id: a name can come back on a new container
+    def _docker_event(self, event: Event) -> None:
+        if event.instance != self._instance:
+            return  # another root's replica
+        if event.own:  # told by id: a name can come back on a new replica
             return  # the reconciler's own stop or removal
-        action = event.get("Action") or event.get("status") or "?"
-        name = attributes.get(L.DEPLOYMENT_NAME) or attributes.get("name") or container[:12]
-        self.triggers.add("docker", f"{action} {name}")
+        self.triggers.add("docker", f"{event.action} {event.name}")
 
     def _fetch_loop(self) -> None:
         while not self.stop.wait(self.options.fetch_interval):
@@ -551,7 +543,7 @@ class Watcher:
 
 
 def _timestamp(ns: int) -> str:
-    """Docker's `since` format for a moment in nanoseconds."""
+    """A moment in nanoseconds as "seconds.nanoseconds", for the log (Docker's `since`)."""
     return f"{ns // 10**9}.{ns % 10**9:09d}"
 
 

@@ -6,19 +6,13 @@ can run twice a second. Reconcile records an update as RUNNING before it retires
 containers, and retires them only after a drain delay longer than the refresh interval: the
 table has moved every client to the new containers before the old ones stop.
 
-A replica is reached at its own address on its Docker network when the engine is local and
-this host owns that network's gateway address (rootful Docker on Linux: the host is the
-bridge's other end), and at its published port otherwise (rootless Docker, Docker Desktop, a
-remote engine, `serve` in a container of its own). The published port goes through
-docker-proxy, a second relay in user space: skipping it saves about 0.2 ms of CPU and two
-wake-ups per request. Docker's own proxy connects to the same address, so a published port that
-works implies a container address that does.
+Where a replica is reached is the backend's answer (`Backend.endpoints`): Docker's is the
+container's own address when this host owns its bridge, else the published port.
 """
 
 from __future__ import annotations
 
 import itertools
-import socket
 import threading
 import time
 from collections.abc import Mapping
@@ -26,11 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 
-from ..backends.base import Replica
-from ..backends.docker.engine import Engine, EngineUnreachable
+from ..backends import Backend, EngineUnreachable, Replica
+from ..core.lifecycle import Status
 from ..core.observe import observe
 from ..core.record import read_snapshot, snapshot_path
-from ..core.status import published_address, serving, serving_replicas
+from ..core.status import serving, serving_replicas
 from ..files import FileVersion, file_version
 
 
@@ -51,62 +45,43 @@ class Route:
         return self.targets[next(self._turn) % len(self.targets)]
 
 
-def host_owns(address: str) -> bool:
-    """Whether `address` is one of this host's own (binding to it succeeds only then)."""
-    if not address:
-        return False
-    family = socket.AF_INET6 if ":" in address else socket.AF_INET
-    try:
-        with socket.socket(family, socket.SOCK_DGRAM) as probe:
-            probe.bind((address, 0))
-    except OSError:
-        return False
-    return True
+def relay_targets(replicas: list[Replica], endpoints: Mapping[str, str]) -> tuple[str, ...]:
+    """`host:port` of each serving replica, in replica order, where the backend said this
+    host reaches it (`endpoints`, by replica id)."""
+    return tuple(endpoints[c.id] for c in serving_replicas(replicas) if c.id in endpoints)
 
 
-def relay_targets(
-    containers: list[Replica], publish: str, owned_gateways: frozenset[str]
-) -> tuple[str, ...]:
-    """`host:port` of each serving replica, in replica order: its own address where its
-    network's gateway is in `owned_gateways`, else its published one."""
-    return tuple(
-        f"{c.container_ip}:{c.container_port}"
-        if c.container_ip and c.network_gateway in owned_gateways
-        else published_address(c, publish)
-        for c in serving_replicas(containers)
-    )
-
-
-def build_routes(root: Path, instance: str, engine: Engine, publish: str) -> dict[str, Route]:
+def build_routes(root: Path, instance: str, backend: Backend, publish: str) -> dict[str, Route]:
     snapshot = read_snapshot(root, instance)
-    observed = observe(engine, instance, images=False)
+    observed = observe(backend, instance, images=False)
     by_dep = observed.by_deployment()
-    gateways = {c.network_gateway for c in observed.containers} if engine.local else set()
-    owned = frozenset(g for g in gateways if host_owns(g))
+    endpoints = backend.endpoints(observed.containers, publish)
     routes = {}
     for dep_id in set(snapshot.records) | set(by_dep):
         rec = snapshot.records.get(dep_id)
         containers = by_dep.get(dep_id, [])
-        targets = relay_targets(serving(rec, containers), publish, owned)
+        targets = relay_targets(serving(rec, containers), endpoints)
         if rec:
             status = rec.status
-            if status == "RUNNING" and not targets:
-                status = "PENDING"  # removed or stopped by hand; the next reconcile restores it
+            if status == Status.RUNNING and not targets:
+                status = (
+                    Status.PENDING
+                )  # removed or stopped by hand; the next reconcile restores it
             routes[dep_id] = Route(dep_id, rec.name, rec.resource_group, status, targets)
         else:  # containers of a pass that has not recorded anything yet
             c = containers[0]
-            routes[dep_id] = Route(dep_id, c.deployment_name, c.resource_group, "PENDING", ())
+            routes[dep_id] = Route(dep_id, c.deployment_name, c.resource_group, Status.PENDING, ())
     return routes
 
 
 class RouteTable:
     """The current routes, replaced as a whole on every refresh (readers never lock)."""
 
-    def __init__(self, root: Path, instance: str, publish: str, engine: Engine) -> None:
+    def __init__(self, root: Path, instance: str, publish: str, backend: Backend) -> None:
         self.root = root
         self.instance = instance
         self.publish = publish
-        self.engine = engine
+        self.backend = backend
         self._routes: Mapping[str, Route] = MappingProxyType({})
         self.problem: str | None = None  # why the last refresh failed (engine down)
         self._refresh_lock = threading.Lock()
@@ -147,7 +122,7 @@ class RouteTable:
         self._refreshed_at = time.monotonic()
         self._stamp = self._snapshot_stamp()
         try:
-            fresh = build_routes(self.root, self.instance, self.engine, self.publish)
+            fresh = build_routes(self.root, self.instance, self.backend, self.publish)
         except EngineUnreachable as exc:
             self.problem = str(exc)
             return

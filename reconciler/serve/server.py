@@ -34,7 +34,7 @@ from typing import Any
 
 from ..api.app import ApiContext, ApiError, authenticate, create_app
 from ..api.auth import Credentials, default_credentials_path
-from ..backends.docker.engine import Engine
+from ..backends import connect
 from ..errors import UserError
 from ..manifests.desired import desired_state
 from .gateway import PREFIX, Gateway
@@ -135,7 +135,7 @@ class App:
         self.options = options
         desired = desired_state(options.root)
         repo = desired.repo
-        engine = Engine.connect()
+        backend = connect(repo.settings)
         self.credentials: Credentials | None = None
         if options.auth:
             path = options.credentials or default_credentials_path(repo.instance)
@@ -147,7 +147,7 @@ class App:
                     "or run `reconciler serve --no-auth` for local development only"
                 )
         self.metrics = Metrics()
-        self.table = RouteTable(options.root, repo.instance, repo.settings.publish_address, engine)
+        self.table = RouteTable(options.root, repo.instance, repo.settings.publish_address, backend)
         self.gateway = Gateway(
             self.table,
             timeout=options.timeout,
@@ -156,7 +156,7 @@ class App:
         )
         self.reconciler = BackgroundReconciler(options.root, self.metrics)
         self.context = ApiContext(
-            options.root, engine, self.credentials, self.reconciler.trigger, options.api_url
+            options.root, backend, self.credentials, self.reconciler.trigger, options.api_url
         )
         self.api = create_app(self.context)
         self._add_metrics_route()

@@ -1,5 +1,5 @@
 """/v2/lm/deployments/{id}/logs: a deployment's log lines, from its running replicas (through
-the context's engine methods), or the last lines the state kept of a DEAD one; secrets the
+the context's backend methods), or the last lines the state kept of a DEAD one; secrets the
 deployment was given are redacted, so that they never leave through the API."""
 
 from datetime import UTC, datetime, timedelta
@@ -8,7 +8,6 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Query, Request
 
 from ...core.record import read_snapshot
-from ...manifests.spec import redact
 from ..context import ApiContext, CallerDep, ContextDep
 from ..errors import ApiError
 from .deployments import deployment_or_404
@@ -42,32 +41,23 @@ def log_lines(
 ) -> list[dict[str, Any]]:
     """The deployment's lines between start and end, AI Core's shape, in no particular order."""
     state = ctx.state()
-    replicas = ctx.replicas(state, deployment_id)
-    declared = state.find_declared(deployment_id)
-    out: list[dict[str, Any]] = []
-    for replica in replicas:
-        for stream, raw in ctx.replica_logs(replica, start, end):
-            lines = raw.decode(errors="replace").splitlines()
-            if declared is not None:  # secrets never leave through the API
-                lines = list(redact(lines, declared.spec))
-            for line in lines:
-                stamp, _, msg = line.partition(" ")
-                out.append(
-                    {
-                        "timestamp": _micro(stamp),
-                        "msg": msg,
-                        "container": replica.name,
-                        "stream": stream,
-                    }
-                )
-    if not replicas:  # a DEAD deployment: the lines kept in the state
-        record = read_snapshot(ctx.root, state.repo.instance).records.get(deployment_id)
-        if record and record.last_logs:
-            when = record.completion_time or record.modified_at or ""
-            out = [
-                {"timestamp": when, "msg": line, "stream": "stdout"} for line in record.last_logs
-            ]
-    return out
+    lines = ctx.log_lines(state, deployment_id, start, end)
+    if lines is not None:
+        return [
+            {
+                "timestamp": _micro(line.time),
+                "msg": line.text,
+                "container": line.replica,
+                "stream": line.stream,
+            }
+            for line in lines
+        ]
+    # None runs (a DEAD deployment): the lines kept in the state.
+    record = read_snapshot(ctx.root, state.repo.instance).records.get(deployment_id)
+    if not record or not record.last_logs:
+        return []
+    when = record.completion_time or record.modified_at or ""
+    return [{"timestamp": when, "msg": line, "stream": "stdout"} for line in record.last_logs]
 
 
 def _utc(moment: datetime) -> datetime:

@@ -1,8 +1,9 @@
-"""The Docker engine: the one module that talks to Docker.
+"""The Docker engine: the one module that talks to Docker (its client wrapper, `Engine`).
 
-Everything else works on plain data. Changes go through the Docker SDK's low-level
-`APIClient`, whose container list returns summaries with labels, state and ports in one call
-(the high-level client would inspect every container: N+1 calls on the no-op path).
+`DockerBackend` (backend.py) drives it and turns its JSON into the neutral records; nothing
+else works on Docker's shapes. Changes go through the Docker SDK's low-level `APIClient`, whose
+container list returns summaries with labels, state and ports in one call (the high-level
+client would inspect every container: N+1 calls on the no-op path).
 
 Observing is two GET requests. On a local engine (a unix socket, the usual case) they are sent
 with the standard library's HTTP client: importing the SDK and its `requests` stack costs about
@@ -26,8 +27,17 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from ...errors import UserError
 from ...manifests.spec import MODEL_MOUNT, ContainerSpec
+from ..base import EngineError, EngineUnreachable, NotFound
+
+__all__ = [
+    "ContainerRequest",
+    "Engine",
+    "EngineError",
+    "EngineUnreachable",
+    "EventStream",
+    "NotFound",
+]
 
 if TYPE_CHECKING:
     import docker
@@ -35,18 +45,6 @@ if TYPE_CHECKING:
 _CPU_PERIOD = 100_000  # CFS period; CPU limits are quota/period (docker update can change them)
 _DEFAULT_SOCKET = "unix:///var/run/docker.sock"
 _OWN_MEMORY = 600.0  # seconds an own stop/remove is remembered (its events come within ms)
-
-
-class EngineUnreachable(UserError):
-    """The Docker engine does not answer."""
-
-
-class EngineError(Exception):
-    """Docker refused an operation; `str()` is Docker's own explanation."""
-
-
-class NotFound(Exception):
-    """The container or image does not exist (any more)."""
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,148 @@
+"""Docker's JSON, read into the neutral records: the only place that knows its shapes.
+
+A container summary (one entry of the labelled container list) becomes a `Replica`; an image
+list the reference → id map; an event an `Event`; an inspect document the facts a readiness
+probe needs (`Inspected`). Docker's summaries carry no exit code of their own, only the human
+status text ("Exited (1) 3 seconds ago"), so the code is read from that text here.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
+
+from .. import labels as L
+from ..base import Event, Replica, normalize_image
+
+_EXIT_CODE = re.compile(r"(?:Exited|Restarting) \((-?\d+)\)")
+
+
+def _json(text: str | None) -> dict[str, Any]:
+    try:
+        value = json.loads(text or "{}")
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _published(summary: dict[str, Any], port: int) -> tuple[str | None, int | None]:
+    for p in summary.get("Ports") or ():
+        if p.get("PrivatePort") == port and p.get("PublicPort"):
+            return p.get("IP"), int(p["PublicPort"])
+    return None, None
+
+
+def _network(summary: dict[str, Any]) -> tuple[str, str]:
+    """The container's address on its first network with one, and that network's gateway."""
+    for net in ((summary.get("NetworkSettings") or {}).get("Networks") or {}).values():
+        if net and net.get("IPAddress"):
+            return net["IPAddress"], net.get("Gateway") or ""
+    return "", ""
+
+
+def parse_summary(summary: dict[str, Any], port_label_default: int = 8080) -> Replica:
+    labels = summary.get("Labels") or {}
+    port = int(labels.get(L.PORT) or port_label_default)
+    host_ip, host_port = _published(summary, port)
+    container_ip, network_gateway = _network(summary)
+    names = summary.get("Names") or ["/?"]
+    status = summary.get("Status", "")
+    code = _EXIT_CODE.search(status)
+    return Replica(
+        id=summary["Id"],
+        name=names[0].lstrip("/"),
+        deployment_id=labels.get(L.DEPLOYMENT_ID, ""),
+        deployment_name=labels.get(L.DEPLOYMENT_NAME, ""),
+        resource_group=labels.get(L.RESOURCE_GROUP, ""),
+        configuration_id=labels.get(L.CONFIGURATION_ID, ""),
+        replica=int(labels.get(L.REPLICA) or 0),
+        config_hash=labels.get(L.CONFIG_HASH, ""),
+        hash_version=labels.get(L.HASH_VERSION, ""),
+        image_id=labels.get(L.IMAGE_ID, ""),
+        fields=MappingProxyType(_json(labels.get(L.FIELDS))),
+        resources=MappingProxyType(_json(labels.get(L.RESOURCES))),
+        gpus=tuple(g for g in labels.get(L.GPUS, "").split(",") if g),
+        state=summary.get("State", ""),
+        status=status,
+        exit_code=int(code.group(1)) if code else None,
+        host_ip=host_ip,
+        host_port=host_port,
+        container_port=port,
+        container_ip=container_ip,
+        network_gateway=network_gateway,
+        created=int(summary.get("Created") or 0),
+        root=labels.get(L.ROOT, ""),
+        revision=labels.get(L.REVISION, ""),
+        model=labels.get(L.MODEL, ""),
+        image=summary.get("Image") or "",
+    )
+
+
+def image_ids(images: Iterable[dict[str, Any]]) -> dict[str, str]:
+    """Normalized image reference (tag or digest) → image id, from Docker's image list."""
+    ids: dict[str, str] = {}
+    for image in images:
+        for tag in image.get("RepoTags") or ():
+            if tag != "<none>:<none>":
+                ids[normalize_image(tag)] = image["Id"]
+        for digest in image.get("RepoDigests") or ():
+            ids[digest] = image["Id"]
+    return ids
+
+
+def parse_event(event: dict[str, Any], caused: Callable[[str], bool]) -> Event:
+    """`caused`: whether the backend itself stopped or removed a container (by id), asked as
+    the event comes (the call may be older than the stream)."""
+    actor = event.get("Actor") or {}
+    attributes = actor.get("Attributes") or {}
+    container = actor.get("ID") or event.get("id") or ""
+    return Event(
+        replica_id=container,
+        action=event.get("Action") or event.get("status") or "?",
+        instance=attributes.get(L.INSTANCE) or "",
+        name=attributes.get(L.DEPLOYMENT_NAME) or attributes.get("name") or container[:12],
+        time_ns=int(event["timeNano"]) if event.get("timeNano") else None,
+        own=bool(container) and caused(container),
+    )
+
+
+def since_argument(ns: int) -> str:
+    """Docker's `since` format ("seconds.nanoseconds") for a moment in nanoseconds."""
+    return f"{ns // 10**9}.{ns % 10**9:09d}"
+
+
+@dataclass(frozen=True)
+class Inspected:
+    """What a readiness probe reads of one container's inspect document."""
+
+    status: str  # created | running | restarting | exited | dead ...
+    oom_killed: bool
+    restarting: bool
+    restart_count: int
+    exit_code: int | None
+    address: str  # its own address on its default network ("" when none)
+    published: tuple[str, int] | None  # (host, port) of the serving port, once published
+
+
+def parse_inspect(info: dict[str, Any], port: int) -> Inspected:
+    state = info.get("State") or {}
+    network = info.get("NetworkSettings") or {}
+    bindings = (network.get("Ports") or {}).get(f"{port}/tcp") or []
+    published = None
+    if bindings:
+        host = bindings[0].get("HostIp") or "127.0.0.1"
+        host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+        published = (host, int(bindings[0]["HostPort"]))
+    return Inspected(
+        status=state.get("Status") or "",
+        oom_killed=bool(state.get("OOMKilled")),
+        restarting=bool(state.get("Restarting")),
+        restart_count=int(info.get("RestartCount") or 0),
+        exit_code=state.get("ExitCode"),
+        address=network.get("IPAddress") or "",
+        published=published,
+    )

@@ -1,0 +1,121 @@
+"""The Docker backend's reading of Docker's JSON, and its choice of endpoints: no engine.
+
+The shapes are Docker's own (a container summary from /containers/json, an event from
+/events, an inspect document), trimmed to what the backend reads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from reconciler.backends.docker.backend import DockerBackend
+from reconciler.backends.docker.engine import Engine
+from reconciler.backends.docker.parse import (
+    image_ids,
+    parse_event,
+    parse_inspect,
+    parse_summary,
+    since_argument,
+)
+
+SUMMARY = {
+    "Id": "c" * 64,
+    "Names": ["/inst_default_tiny_0_0123abcd"],
+    "Image": "reconciler-test/busybox:2",
+    "Created": 1_700_000_000,
+    "State": "exited",
+    "Status": "Exited (3) 5 seconds ago",
+    "Labels": {
+        "reconciler.managed": "true",
+        "reconciler.instance": "inst",
+        "reconciler.deployment-id": "d0123456789abcde",
+        "reconciler.deployment-name": "tiny",
+        "reconciler.resource-group": "default",
+        "reconciler.configuration-id": "tiny-v1",
+        "reconciler.replica": "1",
+        "reconciler.config-hash": "0123abcd" * 8,
+        "reconciler.hash-version": "2",
+        "reconciler.fields": '{"image":"abc"}',
+        "reconciler.resources": "not json",
+        "reconciler.gpus": "0,1",
+        "reconciler.port": "9000",
+    },
+    "Ports": [
+        {"PrivatePort": 9000, "Type": "tcp"},
+        {"IP": "127.0.0.1", "PrivatePort": 9000, "PublicPort": 32768, "Type": "tcp"},
+    ],
+    "NetworkSettings": {
+        "Networks": {"bridge": {"IPAddress": "172.17.0.5", "Gateway": "172.17.0.1"}}
+    },
+}
+
+
+def test_a_summary_becomes_a_neutral_replica() -> None:
+    r = parse_summary(SUMMARY)
+    assert (r.name, r.deployment_name, r.replica, r.configuration_id) == (
+        "inst_default_tiny_0_0123abcd",
+        "tiny",
+        1,
+        "tiny-v1",
+    )
+    assert r.state == "exited" and r.exit_code == 3 and r.describe_state() == "exited with code 3"
+    assert (r.host_ip, r.host_port, r.container_port) == ("127.0.0.1", 32768, 9000)
+    assert (r.container_ip, r.network_gateway) == ("172.17.0.5", "172.17.0.1")
+    assert r.gpus == ("0", "1") and dict(r.fields) == {"image": "abc"}
+    assert dict(r.resources) == {}  # unreadable label: nothing, not a crash
+    assert r.image == "reconciler-test/busybox:2" and r.node == ""
+
+
+def test_a_restarting_container_reads_its_last_exit_code() -> None:
+    r = parse_summary({**SUMMARY, "State": "restarting", "Status": "Restarting (137) 1 second ago"})
+    assert r.state == "restarting" and r.exit_code == 137
+    up = parse_summary({**SUMMARY, "State": "running", "Status": "Up 3 minutes"})
+    assert up.exit_code is None and up.running
+
+
+def test_images_are_known_by_normalized_tag_and_digest() -> None:
+    ids = image_ids(
+        [
+            {"Id": "sha256:1", "RepoTags": ["busybox:latest"], "RepoDigests": ["busybox@sha256:9"]},
+            {"Id": "sha256:2", "RepoTags": ["<none>:<none>"], "RepoDigests": None},
+        ]
+    )
+    assert ids == {"busybox:latest": "sha256:1", "busybox@sha256:9": "sha256:1"}
+
+
+def test_an_event_says_whose_replica_and_whether_the_backend_caused_it() -> None:
+    raw = {
+        "Action": "die",
+        "Actor": {
+            "ID": "c" * 64,
+            "Attributes": {"reconciler.instance": "inst", "reconciler.deployment-name": "tiny"},
+        },
+        "timeNano": 1_700_000_000_123_456_789,
+    }
+    event = parse_event(raw, caused=lambda cid: False)
+    assert (event.action, event.instance, event.name, event.own) == ("die", "inst", "tiny", False)
+    assert event.time_ns == 1_700_000_000_123_456_789
+    assert parse_event(raw, caused=lambda cid: cid == "c" * 64).own
+    assert since_argument(1_700_000_000_000_000_001) == "1700000000.000000001"
+
+
+def test_inspect_tells_a_probe_what_it_needs() -> None:
+    info = {
+        "State": {"Status": "running", "Restarting": False, "OOMKilled": False, "ExitCode": 0},
+        "RestartCount": 0,
+        "NetworkSettings": {
+            "IPAddress": "172.17.0.5",
+            "Ports": {"8080/tcp": [{"HostIp": "0.0.0.0", "HostPort": "32769"}]},
+        },
+    }
+    seen = parse_inspect(info, 8080)
+    assert seen.status == "running" and seen.published == ("127.0.0.1", 32769)
+    assert seen.address == "172.17.0.5" and not seen.oom_killed
+    assert parse_inspect(info, 9000).published is None
+
+
+def test_endpoints_are_published_ports_on_a_remote_engine() -> None:
+    remote = DockerBackend(Engine("tcp://203.0.113.7:2376", {}, 1.0))
+    r = replace(parse_summary(SUMMARY), state="running", host_ip="0.0.0.0")
+    stopped = replace(r, id="d" * 64, state="exited")
+    assert remote.endpoints([r, stopped], "127.0.0.1") == {r.id: "127.0.0.1:32768"}
