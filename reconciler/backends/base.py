@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 # Lines of a failed replica's output kept with its failure (the state's lastLogs): enough for
 # a traceback, little enough for the state file.
 LAST_LINES = 50
+ALIVE_STATES = frozenset({"running", "restarting"})  # see Replica.alive
 
 
 class EngineUnreachable(UserError):
@@ -99,6 +100,11 @@ class Replica:
     @property
     def running(self) -> bool:
         return self.state == "running"
+
+    @property
+    def alive(self) -> bool:
+        """It runs, or its engine is restarting it (its own backoff): not gone, not our drift."""
+        return self.state in ALIVE_STATES
 
     def describe_state(self) -> str:
         if self.state == "exited":

@@ -34,8 +34,6 @@ from .base import (
 )
 from .startfirst import StartFirstBackend
 
-_ALIVE = ("running", "restarting")
-
 
 @dataclass(frozen=True)
 class Script:
@@ -106,7 +104,7 @@ class FakeBackend(StartFirstBackend):
         """Its running replicas exit on their own (after they served): drift."""
         with self._lock:
             for c in self.of(deployment_name):
-                if c.state in _ALIVE:
+                if c.alive:
                     status = f"Exited ({exit_code}) 1 second ago"
                     self.replicas[c.id] = replace(
                         c, state="exited", exit_code=exit_code, status=status
@@ -256,7 +254,7 @@ class FakeBackend(StartFirstBackend):
     def stop(self, replicas: Iterable[Replica], timeout: int | None = None) -> None:
         for c in replicas:
             with self._lock:
-                if c.id in self.replicas and self.replicas[c.id].state in _ALIVE:
+                if c.id in self.replicas and self.replicas[c.id].alive:
                     self.calls.append(f"stop {c.name}")
                     self._emit(c, "die", own=True)
             self._remove([c.id])

@@ -33,7 +33,6 @@ LOG_LINES_KEPT = LAST_LINES
 # that `reconciler serve` (which re-reads the routes twice a second) has moved every client to
 # the new ones: no request fails during an update.
 DRAIN_SECONDS = 1.5
-_ALIVE = ("running", "restarting")
 # The engine's own create/start dominates a cold apply; more overlap than this gains little.
 DEFAULT_PARALLEL = 16
 
@@ -49,6 +48,8 @@ class Outcome:
     status: str | None
     message: str | None
     seconds: float
+    # The pass was told to stop before this deployment was settled (not a failure of it).
+    interrupted: bool = False
 
     def describe(self) -> str:
         what = self.status or "removed"
@@ -135,7 +136,7 @@ class Applier:
         record = self.recorder.get(deployment_id)
         status = record.status if record else None
         seconds = time.monotonic() - started
-        return Outcome(deployment_id, name, symbol, False, status, INTERRUPTED, seconds)
+        return Outcome(deployment_id, name, symbol, False, status, INTERRUPTED, seconds, True)
 
     @staticmethod
     def _outcome(
@@ -164,7 +165,7 @@ class Applier:
             return self._outcome(change, False, record.status, record.status_message, started)
         # Recorded first, so that gateways route to the new replicas before the old ones go.
         record = self._running(d, converged.config_hash, change.gpus)
-        if any(c.state in _ALIVE for c in converged.retire) and self.drain_seconds:
+        if any(c.alive for c in converged.retire) and self.drain_seconds:
             self.stop.wait(self.drain_seconds)
         self.backend.stop(converged.retire, d.spec.stop_timeout)
         return self._outcome(change, True, record.status, None, started)
@@ -315,7 +316,7 @@ class Applier:
         record = self.recorder.get(d.id)
         if record is None:
             record = self._new_record(d)
-        serving = record.status == Status.RUNNING and any(c.state in _ALIVE for c in change.retire)
+        serving = record.status == Status.RUNNING and any(c.alive for c in change.retire)
         if change.action == Action.UPDATE and record.status == Status.RUNNING:
             status, message = Status.RUNNING, f"updating: {change.cause}"
         elif serving:
@@ -376,7 +377,7 @@ class Applier:
     def _failed(self, change: Change, failed: _Failed) -> Record:
         assert change.desired is not None
         d = change.desired
-        still_serving = not change.stop_first and any(c.state in _ALIVE for c in change.retire)
+        still_serving = not change.stop_first and any(c.alive for c in change.retire)
         record = self.recorder.get(d.id)
         if still_serving and record is not None and record.latest_running_configuration_id:
             message = (

@@ -62,7 +62,6 @@ RESTORE_BACKOFF = timedelta(seconds=1)
 RESTORE_BACKOFF_CAP = timedelta(seconds=60)
 RESTORE_WINDOW = timedelta(minutes=10)
 RESTORE_LIMIT = 4
-_ALIVE = ("running", "restarting")  # Docker itself is restarting a container: not our drift
 
 
 class Action(enum.StrEnum):
@@ -220,7 +219,7 @@ def plan(
         if outcome.change:
             changes.append(outcome.change)
         elif outcome.settle:
-            running = tuple(c for c in containers if c.state in _ALIVE)
+            running = tuple(c for c in containers if c.alive)
             settle.append(Pending(d, running, hashes[d.id]))
     changes += _deletions(desired, by_dep, snapshot, allow_empty)
     if desired.repo.settings.gpus:
@@ -498,7 +497,7 @@ def _held_back(t: _Target, current: list[Replica], stale: list[Replica]) -> _Out
             "configuration or image changes"
         )
         return _Outcome(leftover, warnings=[warning])
-    if not any(c.state in _ALIVE for c in stale):
+    if not any(c.alive for c in stale):
         return None  # nothing serves any more: replaced like any other configuration
     serving = rec.latest_running_configuration_id
     return _Outcome(
@@ -566,10 +565,10 @@ def _sort_out(t: _Target, current: list[Replica], stale: list[Replica]) -> _Work
     retire = list(stale)
     # Running ones first, the newest of each replica index kept: a duplicate or a dead one
     # is removed before its replacement starts.
-    for c in sorted(current, key=lambda c: (c.state not in _ALIVE, -c.created)):
+    for c in sorted(current, key=lambda c: (not c.alive, -c.created)):
         if c.replica >= spec.replicas:
             retire.append(c)
-        elif c.replica in keep or c.state not in _ALIVE:
+        elif c.replica in keep or not c.alive:
             remove_first.append(c)
         else:
             keep[c.replica] = c

@@ -21,7 +21,7 @@ from ..manifests.gitsource import read_commit
 from ..manifests.revision import working_tree_revision
 from ..manifests.sources import check_root
 from ..manifests.spec import Hashing
-from .apply import DEFAULT_PARALLEL, INTERRUPTED, Outcome, Reporter, apply_plan
+from .apply import DEFAULT_PARALLEL, Outcome, Reporter, apply_plan
 from .observe import observe
 from .plan import Plan, plan
 from .record import (
@@ -151,7 +151,7 @@ def reconcile(
             recorder.close()  # whatever happened, what was recorded reaches the disk
         seconds = time.monotonic() - started
         result = "converged" if all(o.ok for o in outcomes) else "failed"
-        if any(o.message == INTERRUPTED for o in outcomes):
+        if any(o.interrupted for o in outcomes):
             result = "interrupted"
         recorder.finish(
             {

@@ -54,11 +54,11 @@ from ..manifests.kinds import Repository
 from ..manifests.load import load
 from ..manifests.revision import working_tree_revision
 from ..manifests.sources import MANIFEST_FOLDERS, check_root
-from .apply import INTERRUPTED
 from .plan import Deadline
 from .plan import deadlines as plan_deadlines
 from .reconcile import PassResult, reconcile
 from .record import Snapshot, iso, now, read_snapshot
+from .triggers import Reasons, Triggers, describe
 
 # Where the clock-driven moments come from. Each source reads the desired state and the
 # snapshot after a pass; model retirement dates (a later issue) add their source here.
@@ -75,8 +75,6 @@ DEADLINE_SLACK = 0.2  # wake this long after a deadline: the plan's clock has 1 
 DOCKER_SETTLE = 0.3
 # Triggers that may bring different manifests: they retry a revision known to be broken.
 CONTENT_TRIGGERS = frozenset({"start", "files", "git", "fetch", "resync"})
-
-Reasons = dict[tuple[str, str], int]  # (kind, detail) -> how many times
 
 
 @dataclass(frozen=True)
@@ -104,40 +102,6 @@ class Log:
         with self._lock:
             self._stream.write(line + "\n")
             self._stream.flush()
-
-
-class Triggers:
-    """The reasons for the next pass, coalesced: any number of triggers is one pass."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._reasons: Reasons = {}
-
-    def add(self, kind: str, detail: str = "", count: int = 1) -> None:
-        with self._cond:
-            key = (kind, detail)
-            self._reasons[key] = self._reasons.get(key, 0) + count
-            self._cond.notify_all()
-
-    def take(self, timeout: float) -> Reasons:
-        """What was asked for, waiting up to `timeout` seconds for something."""
-        with self._cond:
-            if not self._reasons and timeout > 0:
-                self._cond.wait(timeout)
-            taken, self._reasons = self._reasons, {}
-            return taken
-
-    def wake(self) -> None:
-        with self._cond:
-            self._cond.notify_all()
-
-
-def describe(reasons: Reasons, limit: int = 6) -> list[str]:
-    items = [
-        f"{kind} {detail}".strip() + (f" ×{n}" if n > 1 else "")
-        for (kind, detail), n in sorted(reasons.items())
-    ]
-    return items[:limit] + ([f"+{len(items) - limit} more"] if len(items) > limit else [])
 
 
 class _WorkingTree:
@@ -417,7 +381,7 @@ class Watcher:
         outcomes = result.outcomes
         if not outcomes:
             verdict = "no-op"
-        elif any(o.message == INTERRUPTED for o in outcomes):
+        elif any(o.interrupted for o in outcomes):
             verdict = "interrupted"
         else:
             verdict = "converged" if result.converged else "failed"
@@ -428,7 +392,7 @@ class Watcher:
             "changes": [c.describe() for c in result.plan.changes],
             "durationSeconds": round(result.seconds, 2),
         }
-        failures = [o.describe() for o in outcomes if not o.ok and o.message != INTERRUPTED]
+        failures = [o.describe() for o in outcomes if not o.ok and not o.interrupted]
         if failures:
             fields["failures"] = failures
         warnings = tuple(result.plan.warnings)

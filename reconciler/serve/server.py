@@ -35,6 +35,7 @@ from typing import Any
 from ..api.app import ApiContext, ApiError, authenticate, create_app
 from ..api.auth import Credentials, default_credentials_path
 from ..backends import connect
+from ..core.triggers import Triggers, describe
 from ..errors import UserError
 from ..manifests.desired import desired_state
 from .gateway import PREFIX, Gateway
@@ -85,47 +86,36 @@ class BackgroundReconciler:
     def __init__(self, root: Path, metrics: Metrics) -> None:
         self.root = root
         self.metrics = metrics
-        self._wanted = threading.Event()
+        self._triggers = Triggers()
         self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._reasons: list[str] = []
         self._thread = threading.Thread(target=self._run, name="reconcile", daemon=True)
         self._thread.start()
 
     def trigger(self, reason: str) -> None:
-        with self._lock:
-            self._reasons.append(reason)
-        self._wanted.set()
+        self._triggers.add("api", reason)
 
     def close(self) -> None:
         self._stop.set()
-        self._wanted.set()
+        self._triggers.wake()
         self._thread.join(timeout=30)
 
     def _run(self) -> None:
         from ..core.reconcile import reconcile
 
-        while True:
-            self._wanted.wait()
-            if self._stop.is_set():
-                return
-            self._wanted.clear()
-            with self._lock:
-                reasons, self._reasons = self._reasons, []
+        while not self._stop.is_set():
+            reasons = self._triggers.take(timeout=60)
+            if not reasons or self._stop.is_set():
+                continue
+            why = "; ".join(describe(reasons))
             started = time.monotonic()
             try:
-                result = reconcile(
-                    self.root,
-                    trigger="api: " + "; ".join(reasons),
-                    stop=self._stop,
-                    lock_wait=600,
-                )
+                result = reconcile(self.root, trigger=why, stop=self._stop, lock_wait=600)
                 outcome = "converged" if result.converged else "failed"
             except UserError as exc:  # invalid manifests, engine down, lock held too long
-                log.warning("reconcile after %s: %s", "; ".join(reasons), exc)
+                log.warning("reconcile after %s: %s", why, exc)
                 outcome = "error"
             except Exception:
-                log.exception("reconcile after %s failed", "; ".join(reasons))
+                log.exception("reconcile after %s failed", why)
                 outcome = "error"
             self.metrics.observe_pass(outcome, time.monotonic() - started)
 

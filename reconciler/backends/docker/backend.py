@@ -41,7 +41,6 @@ from ..startfirst import StartFirstBackend
 from .engine import ContainerRequest, Engine, EventStream
 from .parse import image_ids, parse_event, parse_inspect, parse_summary, since_argument
 
-_ALIVE = ("running", "restarting")
 # Container events that may mean drift: it died, ran out of memory, was removed, its health
 # changed, or it was paused.
 EVENT_ACTIONS = ("die", "oom", "destroy", "health_status", "pause")
@@ -107,7 +106,7 @@ class DockerBackend(StartFirstBackend):
 
     def stop(self, replicas: Iterable[Replica], timeout: int | None = None) -> None:
         for c in replicas:
-            if c.state in _ALIVE:
+            if c.alive:
                 self.engine.stop(c.id, timeout)
             self.engine.remove(c.id)
 
