@@ -1,7 +1,7 @@
 """The inference gateway: `<api>/v2/inference/deployments/<id>/<path>` → the deployment's
 containers.
 
-A `reconciler.relay` handler (no framework on the hot path): it looks the deployment up in the
+A `reconciler.serve.relay` handler (no framework on the hot path): it looks the deployment up in the
 routing table, checks the caller, picks a serving replica round-robin and has the relay pass
 the request and its answer through as bytes, over pooled keep-alive connections. A deployment
 that is unknown or not serving gets a table refresh first (at most one per
@@ -9,7 +9,7 @@ that is unknown or not serving gets a table refresh first (at most one per
 refuses the connection (stopped a moment ago) is skipped after a table refresh: the request was
 never received, so sending it again is safe. So is one that does not accept the connection
 within `CONNECT_ATTEMPT_SECONDS`: a replica reached at its own address on the bridge
-(reconciler.routes) that was removed a moment ago drops the connection attempt silently, where
+(reconciler.serve.routes) that was removed a moment ago drops the connection attempt silently, where
 a published port would refuse it; the table is refreshed and the request goes to a replica that
 is still there (or waits again for the same one, still listed: an overloaded server).
 """

@@ -1,6 +1,6 @@
 """`reconciler serve`: deployment URLs (the inference gateway) and the AI API on one port.
 
-The port belongs to `reconciler.relay`'s HTTP/1.1 front. Requests under
+The port belongs to `reconciler.serve.relay`'s HTTP/1.1 front. Requests under
 `/v2/inference/deployments/` go to the gateway, which relays them to the deployment's
 containers as bytes (no framework on the hot path); everything else (the AI API, /oauth/token,
 /metrics, /openapi.json, /healthz) is relayed the same way to the AI API: a FastAPI app run by
