@@ -310,6 +310,13 @@ class Backend(ABC):
         routing table relays there."""
 
 
+def replica_name(instance: str, group: str, name: str, replica: int, config_hash: str) -> str:
+    """The engine-side name of a replica: unique per instance, deployment, replica index and
+    configuration, so that a retry after an interrupted pass finds what it left."""
+    # '_' never occurs in instance or group names, so the parts cannot run into each other.
+    return f"{instance}_{group}_{name}_{replica}_{config_hash[:8]}"
+
+
 def published_endpoint(replica: Replica, publish_address: str) -> str:
     """`host:port` where the host publishes a replica's serving port (a wildcard binding is
     reached on the loopback address)."""

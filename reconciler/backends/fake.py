@@ -31,6 +31,7 @@ from .base import (
     Replica,
     normalize_image,
     published_endpoint,
+    replica_name,
 )
 from .startfirst import StartFirstBackend
 
@@ -158,7 +159,7 @@ class FakeBackend(StartFirstBackend):
     ) -> str:
         d, spec = intent.deployment, intent.deployment.spec
         group = d.deployment.resource_group
-        name = f"{intent.instance}_{group}_{d.name}_{replica}_{identity.config_hash[:8]}"
+        name = replica_name(intent.instance, group, d.name, replica, identity.config_hash)
         script = self._script(d.configuration.id, d.name)
         with self._lock:
             for old in [c for c in self.replicas.values() if c.name == name]:

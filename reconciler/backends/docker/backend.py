@@ -34,6 +34,7 @@ from ..base import (
     Observed,
     Replica,
     published_endpoint,
+    replica_name,
 )
 from ..health import http_ready, tcp_ready
 from ..network import host_owns
@@ -44,11 +45,6 @@ from .parse import image_ids, parse_event, parse_inspect, parse_summary, since_a
 # Container events that may mean drift: it died, ran out of memory, was removed, its health
 # changed, or it was paused.
 EVENT_ACTIONS = ("die", "oom", "destroy", "health_status", "pause")
-
-
-def container_name(instance: str, group: str, name: str, replica: int, config_hash: str) -> str:
-    # '_' never occurs in instance or group names, so the parts cannot run into each other.
-    return f"{instance}_{group}_{name}_{replica}_{config_hash[:8]}"
 
 
 class DockerEvents:
@@ -145,7 +141,7 @@ class DockerBackend(StartFirstBackend):
         d, spec = intent.deployment, intent.deployment.spec
         group = d.deployment.resource_group
         return ContainerRequest(
-            name=container_name(intent.instance, group, d.name, replica, identity.config_hash),
+            name=replica_name(intent.instance, group, d.name, replica, identity.config_hash),
             spec=spec,
             labels={
                 L.MANAGED: "true",
