@@ -64,9 +64,8 @@ def build_routes(root: Path, instance: str, backend: Backend, publish: str) -> d
         if rec:
             status = rec.status
             if status == Status.RUNNING and not targets:
-                status = (
-                    Status.PENDING
-                )  # removed or stopped by hand; the next reconcile restores it
+                # Removed or stopped by hand; the next reconcile restores it.
+                status = Status.PENDING
             routes[dep_id] = Route(dep_id, rec.name, rec.resource_group, status, targets)
         else:  # containers of a pass that has not recorded anything yet
             c = containers[0]
