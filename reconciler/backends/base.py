@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 # a traceback, little enough for the state file.
 LAST_LINES = 50
 ALIVE_STATES = frozenset({"running", "restarting"})  # see Replica.alive
+HEALTH_READY, HEALTH_UNREADY, HEALTH_STARTING = "ready", "unready", "starting"  # Replica.health
 
 
 class EngineUnreachable(UserError):
@@ -96,6 +97,10 @@ class Replica:
     exit_code: int | None = None  # of the last exit, when it exited
     node: str = ""  # the engine's node that runs it ("": the engine's own host)
     image: str = ""  # the image reference it was created from, as the engine names it
+    # Its readiness as the engine's continuous health check last saw it: HEALTH_READY,
+    # HEALTH_UNREADY, HEALTH_STARTING, or "" when the replica has no health check.
+    health: str = ""
+    health_detail: str = ""  # what the last failed check said, when it failed
 
     @property
     def running(self) -> bool:
