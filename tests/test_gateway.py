@@ -754,8 +754,9 @@ def test_errors_are_ai_api_errors():
         assert status == 504 and "did not answer within 0.3s" in error["message"]
         table.routes[DEP] = route(status="STOPPED")
         w.write(get("/echo"))
-        status, _, body, _ = await read_response(r)
+        status, headers, body, _ = await read_response(r)
         assert status == 503 and "is STOPPED" in json.loads(body)["error"]["message"]
+        assert b"retry-after" not in headers  # it does not serve again by itself
         w.write(b"GET /v2/inference/deployments/dffffffffffffff0/x%20y HTTP/1.1\r\nHost: g\r\n\r\n")
         status, _, body, _ = await read_response(r)
         error = json.loads(body)["error"]
@@ -766,6 +767,30 @@ def test_errors_are_ai_api_errors():
     _, table, observed = relay_test(scenario, timeout=0.3)
     assert observed == [(DEP, 504, False)]
     assert table.refreshes == 2  # a deployment that does not serve gets a fresher look
+
+
+def test_a_deployment_without_a_ready_replica_gets_503_with_its_status_message_at_once():
+    """The routing table lists only ready replicas (routes.build_routes); with none, the caller
+    hears why from the table's message, without any connection attempt."""
+
+    async def scenario(model, table, front, port):
+        why = "no replica ready: readiness /v2/health/ready timed out 3 times"
+        table.routes[DEP] = Route(DEP, "tiny", "default", "PENDING", (), why)
+        r, w = await connect(port)
+        w.write(get("/echo"))
+        status, headers, body, _ = await read_response(r)
+        message = json.loads(body)["error"]["message"]
+        assert (status, message) == (503, f"Deployment {DEP} is PENDING: {why}")
+        assert headers[b"retry-after"] == b"10"
+        w.write(get("/echo"))  # the connection stays usable
+        table.routes[DEP] = route(model.address)
+        status, _, _, _ = await read_response(r)
+        assert status == 200
+        w.close()
+
+    model, _, observed = relay_test(scenario)
+    assert len(model.requests) == 1  # the 503 never reached a replica
+    assert observed == [(DEP, 200, True)]
 
 
 def test_http_1_0_clients_and_connection_close_are_honoured():

@@ -1,9 +1,14 @@
 """Deployment status with AI Core's field names: the last snapshot, corrected by what runs now.
 
 The snapshot says what the reconciler last did; the live container list says whether that is
-still true. A RUNNING deployment whose container was stopped or removed by hand is shown as
-PENDING with the reason (the next reconcile restores it), and every deployment is UNKNOWN when
-the engine cannot be reached.
+still true. RUNNING means answering: a RUNNING deployment is shown RUNNING only while at least
+one replica of its configuration is ready (`routable`: the replicas the gateway relays to).
+Otherwise it is shown PENDING with the reason: its container was stopped or removed by hand (the
+next reconcile restores it), or none of its replicas passes its health check (it is RUNNING
+again by itself as soon as one does). PENDING, not UNKNOWN: AI Core's statuses have no
+"degraded", and PENDING says "not serving now, expected to serve again"; UNKNOWN stays what it
+was, the engine cannot be asked. Every deployment is UNKNOWN when the engine cannot be reached.
+The snapshot itself is never changed here: this is a read.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..backends import EngineUnreachable, connect
-from ..backends.base import Observed, Replica
+from ..backends.base import HEALTH_READY, HEALTH_STARTING, Observed, Replica
 from ..errors import ManifestError
 from ..manifests.catalog import retirement_notice
 from ..manifests.desired import DesiredDeployment, DesiredState, desired_state
@@ -71,6 +76,67 @@ def serving(rec: Record | None, containers: list[Replica]) -> list[Replica]:
     """The containers that serve a deployment: those of the configuration last seen ready
     (during an update the old ones serve until the new ones are ready)."""
     return [c for c in containers if not rec or c.config_hash == rec.config_hash]
+
+
+def ready(c: Replica) -> bool:
+    """It runs and its engine's health check passes, or it has none ("": a replica made before
+    health checks, taken at its word as before)."""
+    return c.running and c.health in (HEALTH_READY, "")
+
+
+def routable(rec: Record | None, containers: list[Replica]) -> list[Replica]:
+    """The replicas that serve a deployment now (of `serving`'s configuration): the ready ones.
+    When none is, a RUNNING deployment's replicas still waiting for their health check's first
+    verdict (starting) serve: the reconciler saw them answer before it recorded RUNNING (right
+    after an update the engine's own check may not have run yet, and the old replicas are
+    retiring), so they are taken at that word until the check says otherwise. A replica
+    restarted by its engine is starting too, but it is passed over while another is ready."""
+    current = [c for c in serving(rec, containers) if c.running]
+    found = [c for c in current if ready(c)]
+    if found or not rec or rec.status != Status.RUNNING:
+        return found
+    return [c for c in current if c.health == HEALTH_STARTING]
+
+
+def not_serving(rec: Record, containers: list[Replica]) -> str | None:
+    """Why a deployment recorded RUNNING does not serve now, for its statusMessage (None: it
+    does)."""
+    current = serving(rec, containers)
+    if not any(c.running for c in current):
+        return _drift(current)
+    if routable(rec, current):
+        return None
+    sick = next((c for c in current if c.running and not ready(c)), current[0])
+    return f"no replica ready: {_health_text(sick)}"
+
+
+def _health_text(c: Replica) -> str:
+    """Why a replica is not ready, in words: what its last failed check said, if it said."""
+    if not c.running:
+        return c.describe_state()
+    if c.health == HEALTH_STARTING:
+        return c.health_detail or "health check has not passed yet"
+    return c.health_detail or f"replica {c.replica} {c.health or 'not ready'}"
+
+
+def replica_details(rec: Record | None, containers: list[Replica]) -> list[dict[str, Any]]:
+    """Each replica's readiness, for `details.replicas`: those of the configuration that serves
+    first, in replica order (during an update the new ones follow, not serving yet)."""
+    current = {c.id for c in serving(rec, containers)}
+    serves = {c.id for c in routable(rec, containers)}
+    ordered = sorted(containers, key=lambda c: (c.id not in current, c.replica, c.name))
+    return [
+        {
+            "name": c.name,
+            "replica": c.replica,
+            "state": c.state,
+            "ready": ready(c),
+            "serving": c.id in serves,
+            "health": c.health,
+            "message": "" if ready(c) else _health_text(c),
+        }
+        for c in ordered
+    ]
 
 
 def direct_url(containers: Iterable[Replica], publish_address: str) -> str | None:
@@ -132,12 +198,14 @@ def _status(
     if engine_problem:
         out.update(status=Status.UNKNOWN, statusMessage=engine_problem)
         return out
-    current = serving(rec, containers)
-    if rec and rec.status == Status.RUNNING and not any(c.running for c in current):
+    if containers:
+        replicas = replica_details(rec, containers)
+        out["details"] = {**(out.get("details") or {}), "replicas": replicas}
+    if rec and rec.status == Status.RUNNING and (problem := not_serving(rec, containers)):
         out["status"] = Status.PENDING
-        out["statusMessage"] = _drift(current)
+        out["statusMessage"] = problem
     if out["status"] == Status.RUNNING and not api_url:
-        out["deploymentUrl"] = direct_url(current, publish)
+        out["deploymentUrl"] = direct_url(routable(rec, containers), publish)
     return out
 
 

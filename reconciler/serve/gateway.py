@@ -12,6 +12,10 @@ within `CONNECT_ATTEMPT_SECONDS`: a replica reached at its own address on the br
 (reconciler.serve.routes) that was removed a moment ago drops the connection attempt silently, where
 a published port would refuse it; the table is refreshed and the request goes to a replica that
 is still there (or waits again for the same one, still listed: an overloaded server).
+
+The table lists only replicas that pass their health check (reconciler.serve.routes): a
+deployment with none answers 503 at once, with the reason `reconciler status` gives (its
+statusMessage, e.g. "no replica ready: ..."), instead of waiting out a frozen server's timeout.
 """
 
 from __future__ import annotations
@@ -33,6 +37,9 @@ CONNECT_ATTEMPTS = 3
 CONNECT_ATTEMPT_SECONDS = 1.0
 MAX_MEMO = 16  # upstream heads kept per request head (one per replica address)
 MISS_REFRESH_SECONDS = 0.1
+# Retry-After of a 503 for a deployment that is expected to serve again (PENDING): KServe's
+# default readiness period, the soonest a replica's health check can say it answers again.
+RETRY_AFTER = b"retry-after: 10\r\n"
 # Besides hop-by-hop headers: the bearer token and resource group are the gateway's business,
 # not the model server's; Host is the replica's.
 _DROP = HOP_BY_HOP | {b"host", b"authorization", b"ai-resource-group"}
@@ -41,6 +48,15 @@ _DROP = HOP_BY_HOP | {b"host", b"authorization", b"ai-resource-group"}
 # names), returns None, or (status, message) to refuse.
 Authorizer = Callable[[Mapping[bytes, bytes], Route | None], tuple[int, str] | None]
 Observer = Callable[[str, float, int, bool], None]  # deployment id, seconds, status, upstream ok
+
+
+def unavailable(deployment_id: str, route: Route) -> str:
+    """The 503's message for a deployment without a serving replica: its status and why (the
+    routing table's message is its statusMessage, so the caller reads what `reconciler status`
+    says: "no replica ready: ..." for one whose replicas fail their health check)."""
+    status = route.status if route.status != "RUNNING" else "PENDING"
+    why = route.message or "it serves requests only when RUNNING"
+    return f"Deployment {deployment_id} is {status}: {why}"
 
 
 class Gateway:
@@ -90,11 +106,14 @@ class Gateway:
         elif route is None:
             ex.refuse(404, f"Deployment {ex.tag} not found", target=req.decoded_path())
         elif route.status != "RUNNING" or not route.targets:
-            status = route.status if route.status != "RUNNING" else "PENDING"
+            # PENDING (sick, restarting, being started) is expected to serve again by itself;
+            # STOPPED, DEAD and the like are not: no Retry-After for those.
+            again = route.status in ("RUNNING", "PENDING")
             ex.refuse(
                 503,
-                f"Deployment {ex.tag} is {status}: it serves requests only when RUNNING",
+                unavailable(ex.tag, route),
                 target=req.decoded_path(),
+                headers=RETRY_AFTER if again else b"",
             )
         else:  # (it has targets)
             self._forward(ex, route.pick())  # type: ignore[arg-type]
@@ -130,10 +149,8 @@ class Gateway:
         await asyncio.get_running_loop().run_in_executor(None, self.table.refresh)
         fresh = self.table.get(ex.tag)
         target = fresh.pick() if fresh else None
-        if fresh is not None and fresh.status != "RUNNING":  # stopped meanwhile: say so
-            ex.upstream_failed(
-                503, f"Deployment {ex.tag} is {fresh.status}: it serves requests only when RUNNING"
-            )
+        if fresh is not None and fresh.status != "RUNNING":  # stopped or sick meanwhile: say so
+            ex.upstream_failed(503, unavailable(ex.tag, fresh))
         elif target is None:
             ex.upstream_failed(503, f"Deployment {ex.tag} has no serving replica now")
         else:

@@ -268,14 +268,21 @@ def request_head(
 
 
 def error_response(
-    status: int, message: str, target: str = "", close: bool = False, head_only: bool = False
+    status: int,
+    message: str,
+    target: str = "",
+    close: bool = False,
+    head_only: bool = False,
+    headers: bytes = b"",
 ) -> bytes:
-    """An answer with the AI API's error body."""
+    """An answer with the AI API's error body (`headers`: more header lines, each ending in
+    CRLF)."""
     body = error_bytes(status, message, target, request_id())
     return b"".join(
         (
             b"HTTP/1.1 %d %s\r\n" % (status, http.HTTPStatus(status).phrase.encode()),
             b"content-type: application/json\r\ncontent-length: %d\r\n" % len(body),
+            headers,
             b"connection: close\r\n\r\n" if close else b"\r\n",
             b"" if head_only else body,
         )
@@ -692,9 +699,9 @@ class Exchange:
         self.task = self.conn.loop.create_task(coro)
         self.task.add_done_callback(self._task_done)
 
-    def refuse(self, status: int, message: str, target: str = "") -> None:
+    def refuse(self, status: int, message: str, target: str = "", headers: bytes = b"") -> None:
         """Answer with an AI API error body (nothing was relayed, or nothing reached the client
-        yet)."""
+        yet); `headers` as `error_response`'s."""
         if self.finished:
             return
         if self.responded:  # the answer has begun: all that can be said is that it ends early
@@ -707,7 +714,7 @@ class Exchange:
         self.responded = True
         self.status = status
         self.conn.write(
-            error_response(status, message, target, close, head_only=self.req.method == b"HEAD")
+            error_response(status, message, target, close, self.req.method == b"HEAD", headers)
         )
         self._finish(close)
 

@@ -6,6 +6,11 @@ can run twice a second. Reconcile records an update as RUNNING before it retires
 containers, and retires them only after a drain delay longer than the refresh interval: the
 table has moved every client to the new containers before the old ones stop.
 
+Only ready replicas are targets (`reconciler.core.status.routable`, which `reconciler status`
+reads too, so that RUNNING there means answering here): a replica whose health check fails is
+left out at the next refresh, and taken back at the first refresh after it passes again. A
+RUNNING deployment with no ready replica is routed as PENDING with the reason as its message.
+
 Where a replica is reached is the backend's answer (`Backend.endpoints`): Docker's is the
 container's own address when this host owns its bridge, else the published port.
 """
@@ -24,7 +29,7 @@ from ..backends import Backend, EngineUnreachable, Replica
 from ..core.lifecycle import Status
 from ..core.observe import observe
 from ..core.record import read_snapshot, snapshot_path
-from ..core.status import serving, serving_replicas
+from ..core.status import not_serving, routable, serving_replicas
 from ..files import FileVersion, file_version
 
 
@@ -35,6 +40,7 @@ class Route:
     resource_group: str
     status: str
     targets: tuple[str, ...]  # host:port of each serving replica (see `relay_targets`)
+    message: str = ""  # why it does not serve, when it does not (its statusMessage)
     _turn: itertools.count = field(  # round-robin position, shared by all requests
         default_factory=itertools.count, compare=False, repr=False
     )
@@ -60,16 +66,25 @@ def build_routes(root: Path, instance: str, backend: Backend, publish: str) -> d
     for dep_id in set(snapshot.records) | set(by_dep):
         rec = snapshot.records.get(dep_id)
         containers = by_dep.get(dep_id, [])
-        targets = relay_targets(serving(rec, containers), endpoints)
+        targets = relay_targets(routable(rec, containers), endpoints)
         if rec:
-            status = rec.status
+            status, message = rec.status, rec.status_message or ""
             if status == Status.RUNNING and not targets:
-                # Removed or stopped by hand; the next reconcile restores it.
+                # Removed or stopped by hand (the next reconcile restores it), or no replica
+                # passes its health check (it serves again when one does): as status says.
                 status = Status.PENDING
-            routes[dep_id] = Route(dep_id, rec.name, rec.resource_group, status, targets)
+                message = not_serving(rec, containers) or "no replica reachable from this host"
+            routes[dep_id] = Route(dep_id, rec.name, rec.resource_group, status, targets, message)
         else:  # containers of a pass that has not recorded anything yet
             c = containers[0]
-            routes[dep_id] = Route(dep_id, c.deployment_name, c.resource_group, Status.PENDING, ())
+            routes[dep_id] = Route(
+                dep_id,
+                c.deployment_name,
+                c.resource_group,
+                Status.PENDING,
+                (),
+                "not reconciled yet: the reconciler is starting it",
+            )
     return routes
 
 
