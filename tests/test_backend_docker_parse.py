@@ -11,8 +11,10 @@ from dataclasses import replace
 from reconciler.backends.docker.backend import DockerBackend
 from reconciler.backends.docker.engine import Engine
 from reconciler.backends.docker.parse import (
+    NO_PROBE_TOOL,
     image_ids,
     parse_event,
+    parse_health,
     parse_inspect,
     parse_summary,
     since_argument,
@@ -119,3 +121,34 @@ def test_endpoints_are_published_ports_on_a_remote_engine() -> None:
     r = replace(parse_summary(SUMMARY), state="running", host_ip="0.0.0.0")
     stopped = replace(r, id="d" * 64, state="exited")
     assert remote.endpoints([r, stopped], "127.0.0.1") == {r.id: "127.0.0.1:32768"}
+
+
+def test_the_status_texts_health_verdict_becomes_the_replicas_health() -> None:
+    running = {**SUMMARY, "State": "running"}
+    seen = {
+        text: parse_summary({**running, "Status": text}).health
+        for text in (
+            "Up 5 minutes (healthy)",
+            "Up 1 minute (unhealthy)",
+            "Up 2 seconds (health: starting)",
+            "Up 5 minutes",
+        )
+    }
+    assert list(seen.values()) == ["ready", "unready", "starting", ""]
+
+
+def test_an_unhealthy_replica_carries_its_last_checks_output() -> None:
+    r = parse_summary({**SUMMARY, "State": "running", "Status": "Up 1 minute (unhealthy)"})
+
+    def health(output: str) -> dict[str, object]:
+        log = [{"ExitCode": 1, "Output": "old"}, {"ExitCode": 1, "Output": output}]
+        return {"State": {"Health": {"Status": "unhealthy", "Log": log}}}
+
+    failed = parse_health(health("wget: download timed out\n"), r)
+    assert (failed.health, failed.health_detail) == ("unready", "wget: download timed out")
+    # A check that cannot probe at all is no check: the model server is not known unready.
+    no_tool = parse_health(health(f"{NO_PROBE_TOOL} (curl, wget, python3 or nc) in the image"), r)
+    assert no_tool.health == "" and NO_PROBE_TOOL in no_tool.health_detail
+    shell = 'OCI runtime exec failed: exec: "/bin/sh": stat /bin/sh: no such file or directory'
+    assert parse_health(health(shell), r).health == ""
+    assert parse_health({}, r).health_detail == "the health check failed"

@@ -6,11 +6,13 @@ These run with DOCKER_HOST pointing nowhere (no fixture here touches an engine).
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
+from reconciler.backends.base import Replica
 from reconciler.core.plan import Action, Change, Deadline, Plan, deadlines
 from reconciler.core.record import Record, Snapshot, iso
 from reconciler.errors import UserError
@@ -240,6 +242,33 @@ def test_an_image_missing_from_the_host_is_no_reason_to_replace(root: Root):
     # Image not on the host: its content cannot be compared; the same fields are the same spec.
     p = planned(desired, replica(d, image_id=OLD_IMAGE_ID), records=[record(d)], images={})
     assert p.changes == ()
+
+
+def before_health_checks(r: Replica) -> Replica:
+    """`r` as a release before continuous health checks made it: no "health" identity field,
+    and so another config hash."""
+    fields = {k: v for k, v in r.fields.items() if k != "health"}
+    return replace(r, fields=fields, config_hash="0" * 64)
+
+
+def test_a_container_from_before_health_checks_is_not_replaced_by_an_upgrade(root: Root):
+    desired = web(root)
+    d = only(desired)
+    old = before_health_checks(replica(d))
+    assert "health" in replica(d).fields  # what a container made now carries
+    p = planned(desired, old, records=[record(d, config_hash=old.config_hash)])
+    assert p.changes == ()
+
+
+def test_a_container_from_before_health_checks_is_replaced_by_a_real_change(root: Root):
+    old = before_health_checks(replica(only(web(root, greeting="hello"))))
+    desired = web(root, greeting="bonjour")
+    change = one(planned(desired, old, records=[record(only(desired))]))
+    # The new container gets a health check, but the cause names what the user changed.
+    assert change.action == Action.REPLACE and change.fields == ("env.GREETING",)
+    rebuilt = before_health_checks(replica(only(desired), image_id=OLD_IMAGE_ID))
+    change = one(planned(desired, rebuilt, records=[record(only(desired))]))
+    assert change.cause == f"image {IMAGE} was rebuilt (new content)"
 
 
 def llm(root: Root, version: str | None = None, latest: str = "1.1", **kw: str) -> DesiredState:

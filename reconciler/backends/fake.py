@@ -3,8 +3,9 @@
 It runs the same start-first sequence as the Docker backend (`startfirst`) over replicas that
 are records in a dict: they start at once, and a test scripts what would otherwise need a model
 server that misbehaves: a replica that never gets ready, one that exits while starting (with
-the lines it wrote), a crash or a removal by hand after it served, a failing in-place update, an
-image that cannot be pulled. The readiness wait runs on a virtual clock, so a startup timeout of
+the lines it wrote), a crash or a removal by hand after it served, one that stops answering its
+health check and recovers (`hang`, `recover`), a failing in-place update, an image that cannot
+be pulled. The readiness wait runs on a virtual clock, so a startup timeout of
 minutes passes at once. `calls` is the journal of what was done, in order.
 """
 
@@ -21,6 +22,8 @@ from types import MappingProxyType
 
 from ..manifests.spec import ContainerSpec, Identity
 from .base import (
+    HEALTH_READY,
+    HEALTH_UNREADY,
     LAST_LINES,
     Capabilities,
     ConvergeFailed,
@@ -112,6 +115,23 @@ class FakeBackend(StartFirstBackend):
                     )
                     self._lines[c.id] = self._lines.get(c.id, ()) + tuple(lines)
                     self._emit(c, "die", own=False)
+
+    def hang(self, deployment_name: str, detail: str = "GET /ready: timed out") -> None:
+        """Its running replicas stop answering (a frozen server): their health check fails."""
+        self._health(deployment_name, HEALTH_UNREADY, detail)
+
+    def recover(self, deployment_name: str) -> None:
+        """Its running replicas answer their health check again."""
+        self._health(deployment_name, HEALTH_READY, "")
+
+    def _health(self, deployment_name: str, health: str, detail: str) -> None:
+        with self._lock:
+            for c in self.of(deployment_name):
+                if c.running and c.health != health:
+                    verdict = "unhealthy" if health == HEALTH_UNREADY else "healthy"
+                    self.replicas[c.id] = replace(c, health=health, health_detail=detail)
+                    # Docker's own event action for a health change.
+                    self._emit(c, f"health_status: {verdict}", own=False)
 
     def remove_by_hand(self, deployment_name: str) -> None:
         """Its replicas are removed outside the reconciler (`docker rm -f`)."""

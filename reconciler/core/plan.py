@@ -704,17 +704,33 @@ def deadlines(desired: DesiredState, snapshot: Snapshot) -> list[Deadline]:
     return out
 
 
+# Identity fields a later release added. A container made before one existed lacks it: it is
+# not replaced for that alone (an upgrade of the reconciler replaces nothing); its next real
+# change brings the field. "health": containers before continuous health checks keep running
+# without one (their health reads "", as ready as before).
+LATER_FIELDS = frozenset({"health"})
+
+
+def _same_fields(old: Mapping[str, str], new: Mapping[str, str]) -> bool:
+    """Equal identity fields, where a field `old` predates is not a difference."""
+    return dict(old) == {k: v for k, v in new.items() if k in old or k not in LATER_FIELDS}
+
+
 def _is_current(c: Replica, known: tuple[Identity, ...], image_id: str | None) -> bool:
     """Whether `c` was made from this spec, judged in the hash format its labels carry."""
     mine = next((i for i in known if i.version == c.hash_version), None)
     if mine is not None:
         if c.config_hash == mine.config_hash:
             return True
+        if (LATER_FIELDS - set(c.fields)) & set(mine.digests):  # made before a field existed
+            return _same_fields(c.fields, mine.digests) and (
+                image_id is None or c.image_id == image_id
+            )
         # Image not on the host (cannot compare content): the same identity fields are the
         # same container, not a reason to recreate.
         return image_id is None and dict(c.fields) == dict(mine.digests)
     # A container from another hash version: the same identity fields (and image content).
-    same_fields = any(dict(c.fields) == dict(i.digests) for i in known)
+    same_fields = any(_same_fields(c.fields, i.digests) for i in known)
     return same_fields and (image_id is None or c.image_id == image_id)
 
 
@@ -727,6 +743,7 @@ def _changed_fields(stale: list[Replica], known: tuple[Identity, ...]) -> tuple[
     # Compared in the old container's own format: an unsealed secret is not a change by itself.
     mine = next((i for i in known if i.version == stale[0].hash_version), known[0])
     old, new = dict(stale[0].fields), dict(mine.digests)
+    new = {k: v for k, v in new.items() if k in old or k not in LATER_FIELDS}  # not a change
     return tuple(k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k))
 
 

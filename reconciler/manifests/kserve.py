@@ -1,8 +1,10 @@
 """The AI Core / KServe form: a rendered InferenceService → a container `Draft`.
 
 What maps (KServe → Docker): predictor `containers[0]` image, command, args, env, first port,
-`workingDir`, `readinessProbe.httpGet.path` (a `tcpSocket` probe, or no probe, means "ready when
-the port accepts connections", as Knative does), `resources.limits["nvidia.com/gpu"]` (GPU count),
+`workingDir`, `readinessProbe` and `livenessProbe` (`httpGet.path` and `port`, or `tcpSocket`,
+and `periodSeconds`, `timeoutSeconds`, `failureThreshold`, `successThreshold`; a `tcpSocket` or
+`exec` probe, or no readiness probe, means "ready when the port accepts connections", as Knative
+does), `resources.limits["nvidia.com/gpu"]` (GPU count),
 `minReplicas`/`maxReplicas`, `terminationGracePeriodSeconds` (stop timeout), the
 `ai.sap.com/resourcePlan` (or `ai.sap.com/instanceType`) label, and `STORAGE_URI` (the model,
 mounted at /mnt/models). Fields that only make sense on Kubernetes are accepted and ignored.
@@ -14,7 +16,7 @@ from typing import Any
 
 from ..errors import RenderError
 from . import schema
-from .spec import DEFAULT_PORT, Draft, EnvVar, is_secret_name
+from .spec import DEFAULT_PORT, Draft, EnvVar, Probe, is_secret_name
 
 RESOURCE_PLAN_LABELS = ("ai.sap.com/resourcePlan", "ai.sap.com/instanceType")
 STORAGE_URI = "STORAGE_URI"
@@ -77,8 +79,9 @@ def to_draft(spec: Any, labels: dict[str, str], annotations: dict[str, str]) -> 
             model_uri = value or None
 
     ports = container.get("ports") or [{"containerPort": DEFAULT_PORT}]
-    probe = container.get("readinessProbe") or {}
-    readiness_path = (probe.get("httpGet") or {}).get("path") if "httpGet" in probe else None
+    readiness = _probe(container.get("readinessProbe") or {}, "readinessProbe", ports)
+    raw_liveness = container.get("livenessProbe")
+    liveness = _probe(raw_liveness, "livenessProbe", ports) if raw_liveness else None
     limits = (container.get("resources") or {}).get("limits") or {}
     gpus = limits.get(GPU_RESOURCE)
     plan = next((labels[k] for k in RESOURCE_PLAN_LABELS if labels.get(k)), None)
@@ -89,7 +92,8 @@ def to_draft(spec: Any, labels: dict[str, str], annotations: dict[str, str]) -> 
         args=_texts(container.get("args")),
         env=tuple(env),
         port=ports[0]["containerPort"],
-        readiness_path=readiness_path,
+        readiness=readiness,
+        liveness=liveness,
         resource_plan=plan,
         gpus=_gpus(gpus) if gpus is not None else None,
         # Docker has no scale-to-zero: minReplicas 0 runs one container.
@@ -100,6 +104,38 @@ def to_draft(spec: Any, labels: dict[str, str], annotations: dict[str, str]) -> 
         stop_timeout=predictor.get("terminationGracePeriodSeconds"),
         labels=tuple(sorted(labels.items())),
         annotations=tuple(sorted(annotations.items())),
+    )
+
+
+def _probe(probe: dict[str, Any], key: str, ports: list[dict[str, Any]]) -> Probe:
+    """A probe as Kubernetes writes it (the schema checked its shape and ranges)."""
+    action = probe.get("httpGet")
+    http = action is not None
+    if not http:
+        action = probe.get("tcpSocket")
+    action = action if isinstance(action, dict) else {}
+    return Probe(
+        # Kubernetes GETs "/" when httpGet names no path.
+        path=(action.get("path") or "/") if http else None,
+        port=_probe_port(action.get("port"), key, ports),
+        period_seconds=probe.get("periodSeconds", Probe.period_seconds),
+        timeout_seconds=probe.get("timeoutSeconds", Probe.timeout_seconds),
+        failure_threshold=probe.get("failureThreshold", Probe.failure_threshold),
+        success_threshold=probe.get("successThreshold", Probe.success_threshold),
+    )
+
+
+def _probe_port(port: Any, key: str, ports: list[dict[str, Any]]) -> int | None:
+    """A probe's port: a number, or the name of one of the container's ports."""
+    if port is None:
+        return None
+    if isinstance(port, int) or (isinstance(port, str) and port.isdigit()):
+        return int(port)
+    for p in ports:
+        if p.get("name") == port:
+            return int(p["containerPort"])
+    raise _error(
+        (f"/predictor/containers/0/{key}", f"port {port!r} is not the name of a container port")
     )
 
 

@@ -71,7 +71,17 @@ from .sources import API_FOLDER, Document
 from .sources import (
     _Loader as _ManifestLoader,
 )  # the manifest rules: no duplicate keys, dates as text
-from .spec import MODEL_MOUNT, ContainerSpec, Draft, EnvVar, Mount, is_secret_name
+from .spec import (
+    MODEL_MOUNT,
+    PROBE_LIMITS,
+    PROBE_PATH,
+    ContainerSpec,
+    Draft,
+    EnvVar,
+    Mount,
+    Probe,
+    is_secret_name,
+)
 
 _GROUPS = ("parameters", "artifacts")
 # Argo-style names may contain '-', which Jinja would read as a minus: `{{inputs.parameters.
@@ -922,7 +932,10 @@ def _container_draft(template: ServingTemplate, inputs: Inputs) -> Draft:
         args=tuple(c["args"]) if "args" in c else None,
         env=tuple(env),
         port=_int(c.get("port", 8080), f"{base}/port", 1),
-        readiness_path=c.get("readinessPath", Draft.readiness_path),
+        readiness=_readiness(c, base),
+        liveness=_probe(c["livenessProbe"], f"{base}/livenessProbe", Probe())
+        if "livenessProbe" in c
+        else None,
         startup_timeout=_int(
             c.get("startupTimeout", Draft.startup_timeout), f"{base}/startupTimeout", 1
         ),
@@ -944,6 +957,51 @@ def _container_draft(template: ServingTemplate, inputs: Inputs) -> Draft:
         if "stopTimeout" in c
         else None,
     )
+
+
+def _readiness(c: dict[str, Any], base: str) -> Probe:
+    """`readinessProbe`, or the older `readinessPath` alone (one or the other: two spellings of
+    one path would leave a reader guessing which wins)."""
+    if "readinessPath" in c and "path" in (c.get("readinessProbe") or {}):
+        raise RenderError(
+            f"{base}/readinessPath", "give the path once: readinessPath or readinessProbe.path"
+        )
+    default = Probe(path=_probe_path(c, "readinessPath", base, Probe.path))
+    if "readinessProbe" not in c:
+        return default
+    return _probe(c["readinessProbe"] or {}, f"{base}/readinessProbe", default)
+
+
+def _probe(raw: dict[str, Any], pointer: str, default: Probe) -> Probe:
+    """A probe of the container form, rendered: numbers may have come from placeholders, so
+    their ranges are checked here (the schema sees only the template)."""
+    numbers = {}
+    for key, (low, high) in PROBE_LIMITS.items():
+        if key in raw:
+            numbers[key] = _int(raw[key], f"{pointer}/{key}", low)
+            if numbers[key] > high:
+                raise RenderError(f"{pointer}/{key}", f"must be at most {high}, not {numbers[key]}")
+    port = _int(raw["port"], f"{pointer}/port", 1) if "port" in raw else None
+    if port is not None and port > 65535:
+        raise RenderError(f"{pointer}/port", f"must be a port number, not {port}")
+    return Probe(
+        path=_probe_path(raw, "path", pointer, default.path),
+        port=port,
+        period_seconds=numbers.get("periodSeconds", default.period_seconds),
+        timeout_seconds=numbers.get("timeoutSeconds", default.timeout_seconds),
+        failure_threshold=numbers.get("failureThreshold", default.failure_threshold),
+        success_threshold=numbers.get("successThreshold", default.success_threshold),
+    )
+
+
+def _probe_path(raw: dict[str, Any], key: str, pointer: str, default: str | None) -> str | None:
+    path = raw.get(key, default)
+    if path is not None and not PROBE_PATH.match(str(path)):
+        raise RenderError(
+            f"{pointer}/{key}",
+            f"must be an absolute URL path ('/' then URL characters), not {path!r}",
+        )
+    return path
 
 
 # -- where file: artifacts may point --------------------------------------------------------
@@ -1117,7 +1175,8 @@ def _finish(
         cpus=plan.cpus,
         memory=plan.memory,
         restart_policy=draft.restart_policy,
-        readiness_path=draft.readiness_path,
+        readiness=draft.readiness,
+        liveness=draft.liveness,
         startup_timeout=draft.startup_timeout,
         replicas=draft.replicas,
         max_replicas=max(draft.replicas, draft.max_replicas or draft.replicas),

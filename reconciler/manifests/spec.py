@@ -6,13 +6,18 @@ which decide how a change is applied (the lesson of docker compose's config-hash
 * identity fields (image, command, env, ports, mounts, GPUs ...) are hashed into the config
   hash; a change replaces the container;
 * resources (CPU, memory, restart policy) are applied in place with `docker update`;
-* behaviour of the reconciler itself (readiness, replicas) changes no container.
+* behaviour of the reconciler itself (replicas, the start-up wait) changes no container.
+
+The readiness probe is both: the reconciler waits for it at start, and on Docker it is also the
+container's own HEALTHCHECK, which cannot be changed in place. So what the health check holds
+(path, port, timings, start period) is an identity field ("health"); a spec from before probes
+were settable gets that field too, so upgrading replaces every container once (start-first).
 
 Hashes and field digests end up in container labels, the state snapshot and plan output, which
 more people see than the manifests' secrets. So a secret environment value enters them only
 sealed: as an HMAC-SHA256 under the instance's own key (`record.label_key`), never as a plain
 digest that a short secret could be guessed back from (hash version 2). A spec without secret
-values hashes exactly as before (version 1), so upgrading recreates nothing.
+values hashes as version 1, as before.
 """
 
 from __future__ import annotations
@@ -35,10 +40,27 @@ MODEL_MOUNT = "/mnt/models"
 DEFAULT_PORT = 8080
 DEFAULT_READINESS_PATH = "/v2/health/ready"
 DEFAULT_STARTUP_TIMEOUT = 300
+# Kubernetes' probe defaults (KServe inherits them), so a template moved between the two behaves
+# the same.
+DEFAULT_PERIOD_SECONDS = 10
+DEFAULT_TIMEOUT_SECONDS = 1
+DEFAULT_FAILURE_THRESHOLD = 3
+DEFAULT_SUCCESS_THRESHOLD = 1
 DEFAULT_RESTART_POLICY = "unless-stopped"
 REDACTED = "***"
 # Environment variables whose values are never printed or written to state files.
 _SECRET_NAME = re.compile(r"(?i)(secret|token|passw(or)?d|api[_-]?key|credential|private[_-]?key)")
+
+
+# A probe path goes into a URL and (shell-quoted) into the container's health check command:
+# only an absolute path of URL characters, nothing a shell or a URL parser could misread.
+PROBE_PATH = re.compile(r"^/[A-Za-z0-9._~!$&'()*+,;=:@%/?-]*$")
+PROBE_LIMITS = {  # field: (minimum, maximum): sane for a model server, enforced after rendering
+    "periodSeconds": (1, 3600),
+    "timeoutSeconds": (1, 600),
+    "failureThreshold": (1, 100),
+    "successThreshold": (1, 100),
+}
 
 
 def is_secret_name(name: str) -> bool:
@@ -64,6 +86,31 @@ class Mount:
 
 
 @dataclass(frozen=True)
+class Probe:
+    """A readiness or liveness probe in Kubernetes' terms: HTTP GET on `path` (None: the port
+    accepts a TCP connection) of `port` (None: the container's serving port)."""
+
+    path: str | None = DEFAULT_READINESS_PATH
+    port: int | None = None
+    period_seconds: int = DEFAULT_PERIOD_SECONDS
+    timeout_seconds: int = DEFAULT_TIMEOUT_SECONDS
+    failure_threshold: int = DEFAULT_FAILURE_THRESHOLD
+    # Docker marks a container healthy after one success; a higher threshold is kept for the
+    # record (and other engines) but has no effect there.
+    success_threshold: int = DEFAULT_SUCCESS_THRESHOLD
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "port": self.port,
+            "periodSeconds": self.period_seconds,
+            "timeoutSeconds": self.timeout_seconds,
+            "failureThreshold": self.failure_threshold,
+            "successThreshold": self.success_threshold,
+        }
+
+
+@dataclass(frozen=True)
 class ContainerSpec:
     image: str
     command: tuple[str, ...] | None
@@ -83,13 +130,38 @@ class ContainerSpec:
     cpus: float
     memory: int
     restart_policy: str
-    # The reconciler's own behaviour:
-    readiness_path: str | None
+    # The reconciler's own behaviour (the readiness probe is also the container's health check:
+    # see `health_check`):
+    readiness: Probe
     startup_timeout: int
     replicas: int
     max_replicas: int
     labels: tuple[tuple[str, str], ...] = ()
     annotations: tuple[tuple[str, str], ...] = ()
+    # Kept for the core to act on; Docker has one health check per container and it serves
+    # readiness ("RUNNING means answering"), so liveness is no part of the container.
+    liveness: Probe | None = None
+
+    @property
+    def readiness_path(self) -> str | None:
+        """The readiness probe's HTTP path; None: a TCP connect."""
+        return self.readiness.path
+
+    @property
+    def probe_port(self) -> int:
+        return self.readiness.port or self.port
+
+    def health_check(self) -> dict[str, Any]:
+        """What the container's own health check holds: an identity field, since an engine
+        cannot change it in place. The start-up timeout is its start period (model loading)."""
+        return {
+            "path": self.readiness.path,
+            "port": self.probe_port,
+            "period": self.readiness.period_seconds,
+            "timeout": self.readiness.timeout_seconds,
+            "retries": self.readiness.failure_threshold,
+            "startPeriod": self.startup_timeout,
+        }
 
     @property
     def has_secrets(self) -> bool:
@@ -129,6 +201,7 @@ class ContainerSpec:
             "ipc": self.ipc_mode,
             "workingDir": self.working_dir,
             "stopTimeout": self.stop_timeout,
+            "health": self.health_check(),
         }
         for env in self.env:
             name = f"env.{env.name}"
@@ -150,6 +223,8 @@ class ContainerSpec:
             "secretEnv": sorted(e.name for e in self.env if e.secret),
             "port": self.port,
             "readinessPath": self.readiness_path,
+            "readinessProbe": self.readiness.to_dict(),
+            "livenessProbe": self.liveness.to_dict() if self.liveness else None,
             "startupTimeout": self.startup_timeout,
             "model": {"uri": self.model_uri, "hostPath": self.model_path, "mountPath": MODEL_MOUNT}
             if self.model_uri
@@ -221,7 +296,8 @@ class Draft:
     args: tuple[str, ...] | None = None
     env: tuple[EnvVar, ...] = ()
     port: int = DEFAULT_PORT
-    readiness_path: str | None = DEFAULT_READINESS_PATH
+    readiness: Probe = Probe()
+    liveness: Probe | None = None
     startup_timeout: int = DEFAULT_STARTUP_TIMEOUT
     resource_plan: str | None = None
     gpus: int | None = None  # None: the resource plan's

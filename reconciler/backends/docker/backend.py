@@ -24,6 +24,7 @@ from types import MappingProxyType
 from ...manifests.spec import ContainerSpec, Identity
 from .. import labels as L
 from ..base import (
+    HEALTH_UNREADY,
     LAST_LINES,
     Capabilities,
     ConvergeFailed,
@@ -40,7 +41,14 @@ from ..health import http_ready, tcp_ready
 from ..network import host_owns
 from ..startfirst import StartFirstBackend
 from .engine import ContainerRequest, Engine, EventStream
-from .parse import image_ids, parse_event, parse_inspect, parse_summary, since_argument
+from .parse import (
+    image_ids,
+    parse_event,
+    parse_health,
+    parse_inspect,
+    parse_summary,
+    since_argument,
+)
 
 # Container events that may mean drift: it died, ran out of memory, was removed, its health
 # changed, or it was paused.
@@ -74,22 +82,25 @@ class DockerBackend(StartFirstBackend):
         """Two API calls however many deployments: the labelled container list (summaries
         carry labels, state, exit status and ports) and the image list (so that a rebuilt
         `image:tag` counts as a change). Only a container Docker is restarting right now is
-        inspected: its restart count tells a crash loop."""
+        inspected (its restart count tells a crash loop), and one its health check finds
+        unhealthy (the check's last output says why)."""
         summaries = self.engine.list_containers(L.selector(instance))
         replicas = tuple(
             sorted(
-                (self._restarts(parse_summary(s)) for s in summaries),
+                (self._inspected(parse_summary(s)) for s in summaries),
                 key=lambda c: (c.deployment_id, c.replica, c.created, c.id),
             )
         )
         ids = image_ids(self.engine.images()) if images else {}
         return Observed(replicas, MappingProxyType(ids))
 
-    def _restarts(self, c: Replica) -> Replica:
-        if c.state != "restarting":
-            return c
-        info = self.engine.inspect(c.id) or {}
-        return replace(c, restarts=int(info.get("RestartCount") or 0))
+    def _inspected(self, c: Replica) -> Replica:
+        if c.state == "restarting":
+            info = self.engine.inspect(c.id) or {}
+            return replace(c, restarts=int(info.get("RestartCount") or 0))
+        if c.health == HEALTH_UNREADY:
+            return parse_health(self.engine.inspect(c.id) or {}, c)
+        return c
 
     # -- converging -------------------------------------------------------------------------
 

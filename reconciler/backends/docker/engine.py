@@ -18,6 +18,7 @@ import functools
 import http.client
 import json
 import os
+import shlex
 import socket
 import threading
 import time
@@ -29,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from ...manifests.spec import MODEL_MOUNT, ContainerSpec
 from ..base import EngineError, EngineUnreachable, NotFound
+from .parse import NO_PROBE_TOOL
 
 __all__ = [
     "ContainerRequest",
@@ -45,6 +47,19 @@ if TYPE_CHECKING:
 _CPU_PERIOD = 100_000  # CFS period; CPU limits are quota/period (docker update can change them)
 _DEFAULT_SOCKET = "unix:///var/run/docker.sock"
 _OWN_MEMORY = 600.0  # seconds an own stop/remove is remembered (its events come within ms)
+_NS = 1_000_000_000
+# Python's probe, for images without wget or curl (most model servers have Python): the
+# exception's own words are the check's output.
+_PY_HTTP = (
+    "import sys,urllib.request\n"
+    "try: urllib.request.urlopen(sys.argv[1], timeout=float(sys.argv[2])).close()\n"
+    "except Exception as e: sys.exit(f'GET {sys.argv[1]}: {e}')"
+)
+_PY_TCP = (
+    "import socket,sys\n"
+    "try: socket.create_connection(('127.0.0.1', int(sys.argv[1])), float(sys.argv[2])).close()\n"
+    "except OSError as e: sys.exit(f'connect to port {sys.argv[1]}: {e}')"
+)
 
 
 @dataclass(frozen=True)
@@ -57,6 +72,57 @@ class ContainerRequest:
     publish_address: str
     cpus: float  # possibly limited to what the host has
     gpu_ids: tuple[str, ...] = ()
+
+
+def health_check(spec: ContainerSpec) -> dict[str, Any]:
+    """The container's HEALTHCHECK: its readiness probe, run by the engine from inside the
+    container with whatever the image has (wget, curl, Python; for a TCP probe Python or nc),
+    so that `docker ps` shows it and health_status events report a server that stops
+    answering. Docker kills a check that outlives its timeout; the probe's own timeout is a
+    second shorter, so the output says what the probe saw rather than Docker's "exceeded"."""
+    probe = spec.readiness
+    port, seconds = spec.probe_port, probe.timeout_seconds
+    q = shlex.quote
+    # A proxy in the image's environment must not carry a probe of the container itself.
+    steps = ["unset http_proxy HTTP_PROXY https_proxy HTTPS_PROXY all_proxy ALL_PROXY"]
+    if probe.path is not None:
+        raw_url = f"http://127.0.0.1:{port}{probe.path}"
+        url = q(raw_url)
+        tools = [
+            ("curl", f"curl -fsS -m {seconds} -o /dev/null {url}"),
+            # No -T: Debian's busybox wget (1.35) crashes with it; Docker's own timeout, a
+            # second longer, ends a wget that hangs ("Health check exceeded timeout").
+            ("wget", f"wget -q -O /dev/null {url}"),
+            ("python3", f"python3 -c {q(_PY_HTTP)} {url} {seconds}"),
+            ("python", f"python -c {q(_PY_HTTP)} {url} {seconds}"),
+        ]
+        what = f"GET {raw_url}"
+    else:
+        tools = [
+            ("python3", f"python3 -c {q(_PY_TCP)} {port} {seconds}"),
+            ("python", f"python -c {q(_PY_TCP)} {port} {seconds}"),
+            ("nc", f"nc -z -w {seconds} 127.0.0.1 {port}"),
+        ]
+        what = f"connect to port {port}"
+    chain = []
+    for i, (tool, command) in enumerate(tools):
+        keyword = "if" if i == 0 else "elif"
+        # wget -q and nc -z say nothing when they fail: name the probe and the exit status.
+        chain.append(
+            f"{keyword} command -v {tool} >/dev/null 2>&1; then "
+            f'{command} || {{ echo {q(what + " failed")} "({tool} exit $?)"; exit 1; }}'
+        )
+    chain.append(f"else echo {q(NO_PROBE_TOOL + ' (curl, wget, python3 or nc) in the image')}")
+    chain.append("exit 1; fi")
+    steps.append("; ".join(chain[:-2]) + "; " + "; ".join(chain[-2:]))
+    return {
+        "test": ["CMD-SHELL", "; ".join(steps)],
+        "interval": probe.period_seconds * _NS,
+        "timeout": (seconds + 1) * _NS,
+        "retries": probe.failure_threshold,
+        # Failures while the model loads do not count: the start-up wait judges that phase.
+        "start_period": spec.startup_timeout * _NS,
+    }
 
 
 def _explain(exc: Exception) -> str:
@@ -299,6 +365,7 @@ class Engine:
             ports=[spec.port],
             working_dir=spec.working_dir,
             stop_timeout=spec.stop_timeout,
+            healthcheck=health_check(spec),
             host_config=host_config,
         )
         return created["Id"]

@@ -11,14 +11,22 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import Any
 
 from .. import labels as L
-from ..base import Event, Replica, normalize_image
+from ..base import HEALTH_READY, HEALTH_STARTING, HEALTH_UNREADY, Event, Replica, normalize_image
 
 _EXIT_CODE = re.compile(r"(?:Exited|Restarting) \((-?\d+)\)")
+# The summary's status text ends with the health check's verdict, when the container has one:
+# "Up 5 minutes (healthy)", "Up 2 seconds (health: starting)", "Up 1 minute (unhealthy)".
+_HEALTH = {"(healthy)": HEALTH_READY, "(unhealthy)": HEALTH_UNREADY}
+_STARTING = "(health: starting)"
+# Output of a check that could not probe at all (engine.NO_PROBE_TOOL, or an image without a
+# shell): that is no health check, not a model server that stopped answering.
+NO_PROBE_TOOL = "reconciler-healthcheck: no probe tool"
+_NO_SHELL = re.compile(r'exec: "/bin/sh": .*(no such file|not found)', re.IGNORECASE)
 
 
 def _json(text: str | None) -> dict[str, Any]:
@@ -52,6 +60,9 @@ def parse_summary(summary: dict[str, Any], port_label_default: int = 8080) -> Re
     names = summary.get("Names") or ["/?"]
     status = summary.get("Status", "")
     code = _EXIT_CODE.search(status)
+    health = next((h for text, h in _HEALTH.items() if status.endswith(text)), "")
+    if status.endswith(_STARTING):
+        health = HEALTH_STARTING
     return Replica(
         id=summary["Id"],
         name=names[0].lstrip("/"),
@@ -79,7 +90,18 @@ def parse_summary(summary: dict[str, Any], port_label_default: int = 8080) -> Re
         revision=labels.get(L.REVISION, ""),
         model=labels.get(L.MODEL, ""),
         image=summary.get("Image") or "",
+        health=health,
     )
+
+
+def parse_health(info: dict[str, Any], replica: Replica) -> Replica:
+    """An unhealthy replica with what its last check said (from its inspect document); one
+    whose check could not probe at all has no check ("")."""
+    log = ((info.get("State") or {}).get("Health") or {}).get("Log") or []
+    output = str(log[-1].get("Output") or "").strip() if log else ""
+    if output.startswith(NO_PROBE_TOOL) or _NO_SHELL.search(output):
+        return replace(replica, health="", health_detail=output)
+    return replace(replica, health_detail=output or "the health check failed")
 
 
 def image_ids(images: Iterable[dict[str, Any]]) -> dict[str, str]:
