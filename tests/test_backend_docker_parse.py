@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import pytest
+
 from reconciler.backends.docker.backend import DockerBackend
 from reconciler.backends.docker.engine import Engine
 from reconciler.backends.docker.parse import (
@@ -152,3 +154,30 @@ def test_an_unhealthy_replica_carries_its_last_checks_output() -> None:
     shell = 'OCI runtime exec failed: exec: "/bin/sh": stat /bin/sh: no such file or directory'
     assert parse_health(health(shell), r).health == ""
     assert parse_health({}, r).health_detail == "the health check failed"
+
+
+def _check(start: str, end: str, code: int) -> dict[str, object]:
+    return {"Start": start, "End": end, "ExitCode": code, "Output": "" if code == 0 else "down"}
+
+
+def test_an_unhealthy_replica_carries_how_long_its_checks_have_failed() -> None:
+    r = parse_summary({**SUMMARY, "State": "running", "Status": "Up 1 minute (unhealthy)"})
+    log = [
+        _check("2030-01-01T12:00:00.1Z", "2030-01-01T12:00:00.2Z", 0),
+        # The streak starts here; times as Docker writes them (nanoseconds, an offset).
+        _check("2030-01-01T13:00:10.500000000+01:00", "2030-01-01T12:00:11.6Z", 1),
+        _check("2030-01-01T12:00:21.5Z", "2030-01-01T12:00:22.6Z", -1),
+        _check("2030-01-01T12:00:32.5Z", "2030-01-01T12:00:33.750000001Z", 1),
+    ]
+    interval = {"Config": {"Healthcheck": {"Interval": 10 * 10**9}}}
+    health = {"Status": "unhealthy", "FailingStreak": 3, "Log": log}
+    # From the start of the streak's first check to the end of its last: 23.25 s (> 2 × 10 s).
+    seen = parse_health({"State": {"Health": health}, **interval}, r)
+    assert seen.unready_seconds == pytest.approx(23.25)
+    # Docker keeps five checks: a longer streak lasted at least its length in intervals.
+    long = {**health, "FailingStreak": 40, "Log": log[1:]}
+    assert parse_health({"State": {"Health": long}, **interval}, r).unready_seconds == 390
+    # Nothing to count from: unknown, not zero.
+    assert (
+        parse_health({"State": {"Health": {"Log": [{"Output": "x"}]}}}, r).unready_seconds is None
+    )

@@ -101,6 +101,10 @@ class Replica:
     # HEALTH_UNREADY, HEALTH_STARTING, or "" when the replica has no health check.
     health: str = ""
     health_detail: str = ""  # what the last failed check said, when it failed
+    # How long it has been unready without a break, as its engine saw it (a lower bound, by
+    # the engine's clock so that no host clock is compared with it); None: not unready, or
+    # unknown. The planner restarts a replica unready beyond its liveness limit.
+    unready_seconds: float | None = None
 
     @property
     def running(self) -> bool:

@@ -116,20 +116,33 @@ class FakeBackend(StartFirstBackend):
                     self._lines[c.id] = self._lines.get(c.id, ()) + tuple(lines)
                     self._emit(c, "die", own=False)
 
-    def hang(self, deployment_name: str, detail: str = "GET /ready: timed out") -> None:
-        """Its running replicas stop answering (a frozen server): their health check fails."""
-        self._health(deployment_name, HEALTH_UNREADY, detail)
+    def hang(
+        self,
+        deployment_name: str,
+        detail: str = "GET /ready: timed out",
+        unready_seconds: float = 0.0,
+    ) -> None:
+        """Its running replicas stop answering (a frozen server): their health check fails,
+        and has failed for `unready_seconds` already (what Docker's check log would say)."""
+        self._health(deployment_name, HEALTH_UNREADY, detail, unready_seconds)
 
     def recover(self, deployment_name: str) -> None:
         """Its running replicas answer their health check again."""
         self._health(deployment_name, HEALTH_READY, "")
 
-    def _health(self, deployment_name: str, health: str, detail: str) -> None:
+    def _health(
+        self, deployment_name: str, health: str, detail: str, unready: float | None = None
+    ) -> None:
         with self._lock:
             for c in self.of(deployment_name):
-                if c.running and c.health != health:
+                if c.running and health == HEALTH_UNREADY and c.health == health:
+                    # Still unready: only how long it has been so changes (no new event).
+                    self.replicas[c.id] = replace(c, unready_seconds=unready)
+                elif c.running and c.health != health:
                     verdict = "unhealthy" if health == HEALTH_UNREADY else "healthy"
-                    self.replicas[c.id] = replace(c, health=health, health_detail=detail)
+                    self.replicas[c.id] = replace(
+                        c, health=health, health_detail=detail, unready_seconds=unready
+                    )
                     # Docker's own event action for a health change.
                     self._emit(c, f"health_status: {verdict}", own=False)
 

@@ -12,6 +12,7 @@ import enum
 from datetime import UTC, date, datetime, timedelta
 
 from ..manifests.crosscheck import TTL_MINIMUM_MINUTES, ttl_minutes
+from ..manifests.spec import Probe
 from .record import iso
 
 
@@ -51,6 +52,8 @@ __all__ = [
     "dead_reconfigure_refusal",
     "delete_refusal",
     "executable_change_refusal",
+    "liveness_due",
+    "liveness_limit",
     "not_retried",
     "reconfigure_refusal",
     "restart_refusal",
@@ -180,3 +183,18 @@ def dead_reconfigure_refusal(
             f"configuration within {DEAD_RETENTION.days} days only: create a new deployment"
         )
     return None
+
+
+def liveness_limit(liveness: Probe | None, unready_restart_seconds: int) -> int | None:
+    """How long (seconds) a replica may stay unready before it is restarted: what its liveness
+    probe tolerates (failureThreshold × periodSeconds), else the instance's
+    unreadyRestartSeconds. None: never (0). The engine's one health check is the readiness
+    probe, so its unready time stands in for the liveness probe's failures."""
+    if liveness is not None:
+        return liveness.failure_threshold * liveness.period_seconds
+    return unready_restart_seconds or None
+
+
+def liveness_due(unready_seconds: float | None, limit: int | None) -> bool:
+    """Whether a replica unready for `unready_seconds` (None: it is not) is past its limit."""
+    return unready_seconds is not None and limit is not None and unready_seconds >= limit

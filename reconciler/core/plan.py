@@ -11,10 +11,13 @@ A pure function over plain data. Symbols follow Terraform: `+` create, `~` updat
 * a deployment whose ttl expired is stopped and deleted, and not recreated under that name;
 * a deployment DEAD for more than 7 days is deleted (a tombstone keeps the name from returning);
 * a container that dies or disappears outside the reconciler is restored, with an exponential
-  backoff between restores; one that keeps dying is DEAD ("crash loop") after RESTORE_LIMIT.
+  backoff between restores; one that keeps dying is DEAD ("crash loop") after RESTORE_LIMIT;
+* a replica unready beyond its liveness limit (its liveness probe's failureThreshold ×
+  periodSeconds, else Settings' unreadyRestartSeconds) is restored like one that died.
 
 `deadlines` (and a plan's `waits`, its deferred restores) say when the plan changes by the
-clock alone (ttl, DEAD retention, the end of a restore backoff): a watch loop wakes up then.
+clock alone (ttl, DEAD retention, the end of a restore backoff, an unready replica reaching
+its liveness limit): a watch loop wakes up then.
 
 Replacement is start-first (zero downtime) unless the host's GPU inventory has no free GPU for
 the new container, in which case the old one is stopped first.
@@ -42,6 +45,8 @@ from .lifecycle import (
     dead_expires_at,
     dead_reconfigure_refusal,
     executable_change_refusal,
+    liveness_due,
+    liveness_limit,
     not_retried,
     restart_refusal,
     retired,
@@ -158,7 +163,9 @@ class Plan:
     settle: tuple[Pending, ...]
     hashes: Mapping[str, str]  # desired config hash per deployment id
     revision: str | None = None
-    waits: tuple[Deadline, ...] = ()  # restores this plan defers (backoff): when they are due
+    # Restores this plan defers (backoff, unready replicas below their liveness limit): when
+    # they are due.
+    waits: tuple[Deadline, ...] = ()
 
     @property
     def has_changes(self) -> bool:
@@ -208,7 +215,10 @@ def plan(
         known = _identities(d, image_id, hashing)
         chosen = _hashing_for(d, image_id, hashing, known, containers, rec)
         hashes[d.id] = d.spec.identity(image_id, chosen).config_hash
-        outcome = _plan_deployment(d, rec, containers, image_id, known, chosen, now)
+        unready_limit = liveness_limit(
+            d.spec.liveness, desired.repo.settings.unready_restart_seconds
+        )
+        outcome = _plan_deployment(d, rec, containers, image_id, known, chosen, now, unready_limit)
         problems += outcome.problems
         warnings += outcome.warnings
         notice = retirement_notice(d, now, desired.repo.settings.retirement_warning_days)
@@ -278,7 +288,7 @@ class _Outcome:
     problems: list[Problem] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     settle: bool = False
-    wait: Deadline | None = None  # a deferred restore
+    wait: Deadline | None = None  # a deferred restore (backoff, liveness)
 
 
 def _identities(
@@ -329,6 +339,7 @@ class _Target:
     hashing: Hashing
     now: datetime
     config_hash: str
+    unready_limit: int | None = None  # seconds a replica may stay unready (None: no limit)
 
     @property
     def status(self) -> str | None:
@@ -339,6 +350,11 @@ class _Target:
         """Its containers are meant to run: any that died or vanished did so outside the
         reconciler, and bringing them back is a drift restore."""
         return self.status in LIVE
+
+    def unresponsive(self, c: Replica) -> bool:
+        """An alive replica unready beyond its liveness limit: restarted like one that died
+        (only while its containers are meant to run, so that it is a drift restore)."""
+        return self.drift and c.alive and liveness_due(c.unready_seconds, self.unready_limit)
 
     def change(self, action: Action, cause: str, **fields: Any) -> Change:
         return Change(
@@ -363,9 +379,12 @@ def _plan_deployment(
     known: tuple[Identity, ...],
     hashing: Hashing,
     now: datetime,
+    unready_limit: int | None = None,
 ) -> _Outcome:
     config_hash = d.spec.identity(image_id, hashing).config_hash
-    t = _Target(d, rec, tuple(containers), image_id, known, hashing, now, config_hash)
+    t = _Target(
+        d, rec, tuple(containers), image_id, known, hashing, now, config_hash, unready_limit
+    )
     # The lifecycle's verdicts come first, in this order: a deployment that is gone (tombstone,
     # ttl), retired or stopped is not checked any further; a manifest that breaks a rule
     # changes nothing; one DEAD past its retention is deleted whatever the manifest says.
@@ -542,6 +561,7 @@ class _Work:
     retire: tuple[Replica, ...]
     update: tuple[Replica, ...]
     wanted: Mapping[str, Any]  # the spec's resources
+    unresponsive: tuple[Replica, ...] = ()  # of remove_first: alive but unready too long
 
     @property
     def needed(self) -> bool:
@@ -568,7 +588,7 @@ def _sort_out(t: _Target, current: list[Replica], stale: list[Replica]) -> _Work
     for c in sorted(current, key=lambda c: (not c.alive, -c.created)):
         if c.replica >= spec.replicas:
             retire.append(c)
-        elif c.replica in keep or not c.alive:
+        elif c.replica in keep or not c.alive or t.unresponsive(c):
             remove_first.append(c)
         else:
             keep[c.replica] = c
@@ -580,6 +600,7 @@ def _sort_out(t: _Target, current: list[Replica], stale: list[Replica]) -> _Work
         retire=tuple(retire),
         update=tuple(c for c in keep.values() if _resources(c, t.rec) != wanted),
         wanted=wanted,
+        unresponsive=tuple(c for c in remove_first if t.unresponsive(c)),
     )
 
 
@@ -588,7 +609,7 @@ def _converge(t: _Target, current: list[Replica], stale: list[Replica]) -> _Outc
     if not work.needed:
         rec = t.rec
         settle = rec is None or rec.status != Status.RUNNING or rec.config_hash != t.config_hash
-        return _Outcome(settle=settle)
+        return _Outcome(settle=settle, wait=_liveness_wait(t, work))
     step = _step(t, stale, work)
     cause = "; ".join(step.causes)
     attempt, failure = 0, None
@@ -605,9 +626,11 @@ def _converge(t: _Target, current: list[Replica], stale: list[Replica]) -> _Outc
         else:
             at = _restore_at(t.rec, attempt)
             if at is not None and t.now < at:
+                waits = [Deadline(at, f"restore {attempt} of {t.d.name}")]
+                liveness = _liveness_wait(t, work)
                 return _Outcome(
                     warnings=[f"{t.d.name}: {cause}; restore {attempt} backs off until {iso(at)}"],
-                    wait=Deadline(at, f"restore {attempt} of {t.d.name}"),
+                    wait=min([*waits, *([liveness] if liveness else [])]),
                 )
     return _Outcome(
         t.change(
@@ -636,9 +659,13 @@ def _step(t: _Target, stale: list[Replica], work: _Work) -> _Step:
             return _Step(Action.CREATE, [cause])
         return _Step(Action.CREATE, ["new deployment"])
     if work.remove_first and not work.keep:
-        state = work.remove_first[0].describe_state()
+        first = work.remove_first[0]
+        if first in work.unresponsive:
+            return _Step(Action.REPLACE, [_unready_cause(t, first)], restore=True)
         where = " outside the reconciler" if t.drift else ""
-        return _Step(Action.REPLACE, [f"container {state}{where}"], restore=t.drift)
+        return _Step(
+            Action.REPLACE, [f"container {first.describe_state()}{where}"], restore=t.drift
+        )
     return _update_step(t, stale, work)
 
 
@@ -653,7 +680,11 @@ def _update_step(t: _Target, stale: list[Replica], work: _Work) -> _Step:
     if old != replicas:
         causes.append(f"replicas {old} → {replicas}")
     elif work.create:
-        causes.append(f"replica {', '.join(map(str, sorted(work.create)))} missing or not running")
+        unready = {c.replica for c in work.unresponsive}
+        missing = [i for i in sorted(work.create) if i not in unready]
+        if missing:
+            causes.append(f"replica {', '.join(map(str, missing))} missing or not running")
+        causes += [_unready_cause(t, c) for c in work.unresponsive]
         restore = t.drift
     elif work.remove_first:
         # Every replica serves; what goes is a second container of one of them (left by an
@@ -664,6 +695,34 @@ def _update_step(t: _Target, stale: list[Replica], work: _Work) -> _Step:
     if work.update:
         causes.append(_resources_cause(_resources(work.update[0], rec), work.wanted))
     return _Step(Action.UPDATE, causes, restore=restore)
+
+
+def _unready_cause(t: _Target, c: Replica) -> str:
+    """Why an alive replica is restarted: how long it has been unready, the limit that ran
+    out, and what its last check said (on one line, as plan lines are)."""
+    live = t.d.spec.liveness
+    limit = (
+        f"liveness: {live.failure_threshold} × {live.period_seconds}s"
+        if live is not None
+        else f"unreadyRestartSeconds {t.unready_limit}"
+    )
+    detail = " ".join(c.health_detail.split()) or "the health check failed"
+    return f"replica {c.replica} unready for {int(c.unready_seconds or 0)}s ({limit}): {detail}"
+
+
+def _liveness_wait(t: _Target, work: _Work) -> Deadline | None:
+    """When the first serving replica that is unready (but not long enough yet) reaches its
+    liveness limit: the plan changes then by the clock alone."""
+    if not t.drift or t.unready_limit is None:
+        return None
+    unready = [c for c in work.keep.values() if c.unready_seconds is not None]
+    if not unready:
+        return None
+    c = max(unready, key=lambda c: c.unready_seconds or 0.0)
+    left = timedelta(seconds=t.unready_limit - (c.unready_seconds or 0.0))
+    return Deadline(
+        t.now + left, f"replica {c.replica} of {t.d.name} unready for {t.unready_limit}s"
+    )
 
 
 def _restore_attempt(rec: Record, now: datetime) -> int:

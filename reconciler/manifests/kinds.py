@@ -15,6 +15,7 @@ from typing import Any, Literal
 from .sources import Document
 
 DEFAULT_RESOURCE_GROUP = "default"
+DEFAULT_UNREADY_RESTART_SECONDS = 300
 
 TemplateForm = Literal["kserve", "container"]
 TargetStatus = Literal["RUNNING", "STOPPED"]
@@ -165,6 +166,9 @@ class Settings:
     gpus: tuple[str, ...] = ()
     # spec.artifactRoots: host folders `file:` artifacts may point into besides the root.
     artifact_roots: tuple[str, ...] = ()
+    # spec.unreadyRestartSeconds: a replica without a liveness probe that stays unready this
+    # long is restarted (0: never restarted for unreadiness alone).
+    unready_restart_seconds: int = DEFAULT_UNREADY_RESTART_SECONDS
     doc: Document | None = field(default=None, compare=False, repr=False)
 
 

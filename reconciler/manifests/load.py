@@ -18,6 +18,7 @@ from . import crosscheck, schema
 from .ids import default_instance, deployment_id
 from .kinds import (
     DEFAULT_RESOURCE_GROUP,
+    DEFAULT_UNREADY_RESTART_SECONDS,
     Artifact,
     ArtifactInput,
     Configuration,
@@ -259,6 +260,7 @@ def _settings(doc: Document, spec: dict[str, Any]) -> Settings:
         retirement_warning_days=spec.get("retirementWarningDays", 30),
         gpus=tuple(spec.get("gpus", ())),
         artifact_roots=tuple(spec.get("artifactRoots", ())),
+        unready_restart_seconds=spec.get("unreadyRestartSeconds", DEFAULT_UNREADY_RESTART_SECONDS),
         doc=doc,
     )
 

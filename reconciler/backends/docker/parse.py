@@ -8,10 +8,12 @@ status text ("Exited (1) 3 seconds ago"), so the code is read from that text her
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
+from datetime import datetime
 from types import MappingProxyType
 from typing import Any
 
@@ -95,13 +97,46 @@ def parse_summary(summary: dict[str, Any], port_label_default: int = 8080) -> Re
 
 
 def parse_health(info: dict[str, Any], replica: Replica) -> Replica:
-    """An unhealthy replica with what its last check said (from its inspect document); one
-    whose check could not probe at all has no check ("")."""
-    log = ((info.get("State") or {}).get("Health") or {}).get("Log") or []
+    """An unhealthy replica with what its last check said (from its inspect document) and how
+    long it has been failing; one whose check could not probe at all has no check ("")."""
+    health = (info.get("State") or {}).get("Health") or {}
+    log = health.get("Log") or []
     output = str(log[-1].get("Output") or "").strip() if log else ""
     if output.startswith(NO_PROBE_TOOL) or _NO_SHELL.search(output):
         return replace(replica, health="", health_detail=output)
-    return replace(replica, health_detail=output or "the health check failed")
+    return replace(
+        replica,
+        health_detail=output or "the health check failed",
+        unready_seconds=_unready_seconds(health, info),
+    )
+
+
+def _unready_seconds(health: dict[str, Any], info: dict[str, Any]) -> float | None:
+    """How long the current streak of failed checks has lasted, a lower bound by Docker's own
+    clock (no host clock is compared with it): from the start of the streak's first check
+    in the log to the end of the last one. Docker keeps only the last five checks, so a
+    longer streak lasted at least FailingStreak - 1 intervals from its first check to its
+    last (the interval between checks does not include the checks themselves)."""
+    log = health.get("Log") or []
+    streak = int(health.get("FailingStreak") or 0)
+    interval_ns = ((info.get("Config") or {}).get("Healthcheck") or {}).get("Interval") or 0
+    by_count = (streak - 1) * interval_ns / 1e9 if streak else None
+    failing = list(itertools.takewhile(lambda e: e.get("ExitCode") != 0, reversed(log)))
+    first = _time(failing[-1].get("Start")) if failing else None
+    last = _time(log[-1].get("End")) if log else None
+    by_log = (last - first).total_seconds() if first and last and last >= first else None
+    known = [s for s in (by_count, by_log) if s is not None]
+    return max(known) if known else None
+
+
+def _time(text: Any) -> datetime | None:
+    """An RFC 3339 time as Docker writes it (nanoseconds: Python keeps microseconds)."""
+    if not isinstance(text, str) or not text:
+        return None
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        return None
 
 
 def image_ids(images: Iterable[dict[str, Any]]) -> dict[str, str]:
