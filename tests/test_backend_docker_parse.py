@@ -20,6 +20,7 @@ from reconciler.backends.docker.parse import (
     parse_inspect,
     parse_summary,
     since_argument,
+    uptime_seconds,
 )
 
 SUMMARY = {
@@ -181,3 +182,25 @@ def test_an_unhealthy_replica_carries_how_long_its_checks_have_failed() -> None:
     assert (
         parse_health({"State": {"Health": {"Log": [{"Output": "x"}]}}}, r).unready_seconds is None
     )
+
+
+@pytest.mark.parametrize(
+    ("status", "seconds"),
+    [
+        ("Up 5 seconds (health: starting)", 5.0),
+        ("Up Less than a second", 0.0),
+        ("Up 1 second", 1.0),
+        ("Up About a minute (healthy)", 60.0),
+        ("Up 3 minutes (unhealthy)", 180.0),
+        ("Up About an hour", 3600.0),
+        ("Up 2 days (Paused)", 172800.0),
+        ("Exited (1) 2 seconds ago", None),
+        ("Restarting (137) 1 second ago", None),
+        ("Created", None),
+    ],
+)
+def test_how_long_a_container_is_up_comes_from_dockers_words(status, seconds):
+    assert uptime_seconds(status) == seconds
+    summary = {"Id": "c1", "Names": ["/c1"], "State": "running", "Status": status}
+    started = parse_summary(summary, now=1_000_000.0).started
+    assert started == (None if seconds is None else 1_000_000.0 - seconds)

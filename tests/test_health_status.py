@@ -8,6 +8,8 @@ These run with DOCKER_HOST pointing nowhere (nothing here touches an engine).
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import replace
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +32,9 @@ from tests.plan_support import (
     IMAGE,
     IMAGE_ID,
     INSTANCE,
+    NOW,
     Root,
+    ago,
     configuration,
     deployment,
     record,
@@ -152,8 +156,9 @@ def test_starting_replicas_serve_a_running_deployment_only_when_none_is_ready(ro
     taken at the reconciler's word. A replica restarted by its engine (starting again) is passed
     over while another one is ready."""
     desired, d = web(root, replicas=2)
-    rec = record(d)
-    fresh = [replica(d, index=i, health=HEALTH_STARTING) for i in (0, 1)]
+    rec = record(d, modified_at=ago(seconds=1))  # recorded RUNNING once it saw them answer
+    up_before = (NOW - timedelta(seconds=5)).timestamp()
+    fresh = [replica(d, index=i, health=HEALTH_STARTING, started=up_before) for i in (0, 1)]
     assert routable(rec, fresh) == fresh
     assert status_of(desired, rec, *fresh)["status"] == "RUNNING"
 
@@ -232,3 +237,18 @@ def test_the_routing_table_takes_a_replica_back_when_it_answers_again(root):
     assert routes_of(root, rec, c).targets == ()
     healed = replica(d, id=c.id, name=c.name, host_port=c.host_port, health=HEALTH_READY)
     assert routes_of(root, rec, healed).targets == (published_endpoint(c, "127.0.0.1"),)
+
+
+def test_replicas_restarted_after_the_reconciler_saw_them_answer_do_not_count(root):
+    """After an engine restart the containers come back `Up (health: starting)`: nobody has
+    seen them answer since, so the deployment is not shown RUNNING (nor routed to) before
+    the engine's check passes, however long its start period."""
+    desired, d = web(root)
+    rec = record(d, modified_at=ago(hours=1))
+    restarted = replica(d, health=HEALTH_STARTING, started=(NOW - timedelta(seconds=3)).timestamp())
+    assert routable(rec, [restarted]) == []
+    out = status_of(desired, rec, restarted)
+    assert out["status"] == "PENDING"
+    assert out["statusMessage"] == "no replica ready: health check has not passed yet"
+    # Unknown start (an engine that does not say): not taken at anyone's word either.
+    assert routable(rec, [replace(restarted, started=None)]) == []

@@ -105,6 +105,8 @@ class Replica:
     # the engine's clock so that no host clock is compared with it); None: not unready, or
     # unknown. The planner restarts a replica unready beyond its liveness limit.
     unready_seconds: float | None = None
+    # When it last started (unix seconds, as precisely as the engine tells; None: unknown).
+    started: float | None = None
 
     @property
     def running(self) -> bool:

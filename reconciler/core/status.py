@@ -14,6 +14,7 @@ The snapshot itself is never changed here: this is a read.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from ..manifests.desired import DesiredDeployment, DesiredState, desired_state
 from ..manifests.load import load
 from .lifecycle import Status
 from .observe import observe
-from .record import Record, Snapshot, now, read_snapshot
+from .record import Record, Snapshot, now, parse_iso, read_snapshot
 
 FIELDS = (
     "id",
@@ -95,7 +96,18 @@ def routable(rec: Record | None, containers: list[Replica]) -> list[Replica]:
     found = [c for c in current if ready(c)]
     if found or not rec or rec.status != Status.RUNNING:
         return found
-    return [c for c in current if c.health == HEALTH_STARTING]
+    seen = parse_iso(rec.modified_at)  # when the reconciler last recorded it answering
+    return [c for c in current if c.health == HEALTH_STARTING and _seen_since(c, seen)]
+
+
+def _seen_since(c: Replica, seen: datetime | None) -> bool:
+    """Whether `c` was already up when the reconciler saw the deployment answer: then its
+    word stands until the engine's first verdict. One (re)started later (the engine restarted,
+    or restarted it) has not been seen answering by anyone yet."""
+    # Both times are coarse: the record's to the second, Docker's uptime in whole seconds
+    # (a start up to a second earlier than `started` says); an engine restart that comes
+    # within those two seconds of a pass is taken for that pass's start.
+    return c.started is not None and seen is not None and c.started <= seen.timestamp() + 2
 
 
 def not_serving(rec: Record, containers: list[Replica]) -> str | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import json
 import re
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -25,6 +26,21 @@ _EXIT_CODE = re.compile(r"(?:Exited|Restarting) \((-?\d+)\)")
 # "Up 5 minutes (healthy)", "Up 2 seconds (health: starting)", "Up 1 minute (unhealthy)".
 _HEALTH = {"(healthy)": HEALTH_READY, "(unhealthy)": HEALTH_UNREADY}
 _STARTING = "(health: starting)"
+# How long a container has been up, in Docker's words (go-units' HumanDuration): the summary
+# carries no start time, and one inspect per container would cost the no-op path a call each.
+_UP = re.compile(
+    r"^Up (?:(?P<less>Less than a second)|(?P<about>About an? (?P<aunit>minute|hour))"
+    r"|(?P<n>\d+) (?P<unit>second|minute|hour|day|week|month|year)s?)"
+)
+_UNIT_SECONDS = {
+    "second": 1,
+    "minute": 60,
+    "hour": 3600,
+    "day": 86400,
+    "week": 7 * 86400,
+    "month": 30 * 86400,
+    "year": 365 * 86400,
+}
 # Output of a check that could not probe at all (engine.NO_PROBE_TOOL, or an image without a
 # shell): that is no health check, not a model server that stopped answering.
 NO_PROBE_TOOL = "reconciler-healthcheck: no probe tool"
@@ -54,7 +70,22 @@ def _network(summary: dict[str, Any]) -> tuple[str, str]:
     return "", ""
 
 
-def parse_summary(summary: dict[str, Any], port_label_default: int = 8080) -> Replica:
+def uptime_seconds(status: str) -> float | None:
+    """How long a container has been up by its summary's `Status` ("Up 5 seconds (healthy)",
+    "Up About a minute"): at least this long (None: not up)."""
+    match = _UP.match(status)
+    if not match:
+        return None
+    if match["less"]:
+        return 0.0
+    if match["about"]:
+        return float(_UNIT_SECONDS[match["aunit"]])
+    return float(int(match["n"]) * _UNIT_SECONDS[match["unit"]])
+
+
+def parse_summary(
+    summary: dict[str, Any], port_label_default: int = 8080, now: float | None = None
+) -> Replica:
     labels = summary.get("Labels") or {}
     port = int(labels.get(L.PORT) or port_label_default)
     host_ip, host_port = _published(summary, port)
@@ -65,6 +96,8 @@ def parse_summary(summary: dict[str, Any], port_label_default: int = 8080) -> Re
     health = next((h for text, h in _HEALTH.items() if status.endswith(text)), "")
     if status.endswith(_STARTING):
         health = HEALTH_STARTING
+    up = uptime_seconds(status)
+    started = None if up is None else (time.time() if now is None else now) - up
     return Replica(
         id=summary["Id"],
         name=names[0].lstrip("/"),
@@ -93,6 +126,7 @@ def parse_summary(summary: dict[str, Any], port_label_default: int = 8080) -> Re
         model=labels.get(L.MODEL, ""),
         image=summary.get("Image") or "",
         health=health,
+        started=started,
     )
 
 
