@@ -50,3 +50,48 @@ def test_a_frozen_server_is_unready_until_it_answers_again(host):
         for pid in pids:
             os.kill(pid, signal.SIGCONT)
     wait_for(lambda: health() == ("ready", ""), timeout=30, what="ready again")
+
+
+def test_a_container_that_cannot_run_its_check_is_inspected_once(docker_client):
+    """An image with no probe tool is unhealthy in Docker's eyes for good; the backend reads
+    why once and then remembers, instead of an inspect on every observe (twice a second in
+    `serve`). Counted on the real engine's calls."""
+    import uuid
+
+    import docker
+
+    from reconciler.backends import labels as L
+    from reconciler.backends.docker.parse import NO_PROBE_TOOL
+
+    instance = "t" + uuid.uuid4().hex[:10]
+    said = f"{NO_PROBE_TOOL} (curl, wget, python3 or nc) in the image"
+    container = docker.from_env().containers.run(
+        "reconciler-test/busybox:2",
+        ["sleep", "600"],
+        labels={L.MANAGED: "true", L.INSTANCE: instance},
+        healthcheck={
+            "test": ["CMD-SHELL", f"echo '{said}'; exit 1"],
+            "interval": 200_000_000,
+            "retries": 1,
+        },
+        detach=True,
+    )
+    try:
+        backend = DockerBackend(Engine.connect())
+        inspected: list[str] = []
+        real_inspect = backend.engine.inspect
+        backend.engine.inspect = lambda cid: inspected.append(cid) or real_inspect(cid)  # type: ignore[method-assign]
+
+        def unhealthy() -> bool:
+            container.reload()
+            return container.attrs["State"]["Health"]["Status"] == "unhealthy"
+
+        wait_for(unhealthy, 30, "the check to fail")
+        first = backend.observe(instance).containers[0]
+        again = backend.observe(instance).containers[0]
+        # No check to speak of ("", as ready as a container without one), and why.
+        assert (first.health, again.health) == ("", "")
+        assert first.health_detail.startswith(NO_PROBE_TOOL) and again.health_detail == said
+        assert inspected == [container.id]
+    finally:
+        container.remove(force=True)

@@ -75,6 +75,10 @@ class DockerBackend(StartFirstBackend):
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        # Containers whose image cannot run the check (no probe tool, no shell), with what it
+        # said: Docker shows them unhealthy for good, and an image never gains a tool, so they
+        # are inspected once, not on every observe (the routing table observes twice a second).
+        self._unprobeable: dict[str, str] = {}
 
     # -- observing --------------------------------------------------------------------------
 
@@ -99,7 +103,13 @@ class DockerBackend(StartFirstBackend):
             info = self.engine.inspect(c.id) or {}
             return replace(c, restarts=int(info.get("RestartCount") or 0))
         if c.health == HEALTH_UNREADY:
-            return parse_health(self.engine.inspect(c.id) or {}, c)
+            if c.id in self._unprobeable:
+                return replace(c, health="", health_detail=self._unprobeable[c.id])
+            c = parse_health(self.engine.inspect(c.id) or {}, c)
+            if not c.health:
+                if len(self._unprobeable) > 1000:  # forget removed containers now and then
+                    self._unprobeable.clear()
+                self._unprobeable[c.id] = c.health_detail
         return c
 
     # -- converging -------------------------------------------------------------------------
