@@ -30,7 +30,8 @@ if TYPE_CHECKING:
 # Lines of a failed replica's output kept with its failure (the state's lastLogs): enough for
 # a traceback, little enough for the state file.
 LAST_LINES = 50
-ALIVE_STATES = frozenset({"running", "restarting"})  # see Replica.alive
+# "starting": an engine bringing a replica up by itself (Swarm's pending ... starting tasks).
+ALIVE_STATES = frozenset({"running", "restarting", "starting"})  # see Replica.alive
 HEALTH_READY, HEALTH_UNREADY, HEALTH_STARTING = "ready", "unready", "starting"  # Replica.health
 
 
@@ -80,7 +81,7 @@ class Replica:
     fields: Mapping[str, str] = field(compare=False)
     resources: Mapping[str, Any] = field(compare=False)
     gpus: tuple[str, ...]
-    state: str  # created | running | restarting | paused | exited | dead | removing
+    state: str  # created | starting | running | restarting | paused | exited | dead | removing
     status: str  # the engine's own words for the state, for people: "Up 5 minutes"
     host_ip: str | None
     host_port: int | None
@@ -314,6 +315,11 @@ class Backend(ABC):
     @abstractmethod
     def watching(self, instance: str) -> str:
         """Which events `events` reports, in words for the watch loop's first log line."""
+
+    def engine_info(self) -> dict[str, Any]:
+        """What the engine is, for `reconciler status`: at least its kind and where it is
+        (a Swarm adds its nodes). Raises EngineUnreachable."""
+        return {"kind": "unknown"}
 
     @abstractmethod
     def endpoints(self, replicas: Iterable[Replica], publish_address: str) -> dict[str, str]:

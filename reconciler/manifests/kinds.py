@@ -119,6 +119,7 @@ class ResourcePlan:
     gpus: int
     gpu_type: str | None = None
     description: str | None = None
+    constraints: tuple[str, ...] = ()  # swarm placement constraints (node.labels.gpu==a100)
     doc: Document | None = field(default=None, compare=False, repr=False)
 
 
@@ -158,6 +159,18 @@ class Model:
 
 
 @dataclass(frozen=True)
+class EngineSettings:
+    """Settings.spec.engine: which engine runs the deployments, and where it is."""
+
+    kind: str = "docker"  # docker | swarm
+    host: str | None = None  # a Docker host URL; None: DOCKER_HOST, else the local socket
+    # swarm: the nodes' Docker hosts, that images are copied to (none: nodes pull them).
+    nodes: tuple[str, ...] = ()
+    constraints: tuple[str, ...] = ()  # swarm: placement constraints of every deployment
+    placement_timeout: int = 60  # swarm: seconds a replica may wait for a node that fits
+
+
+@dataclass(frozen=True)
 class Settings:
     instance: str | None = None
     publish_address: str = "127.0.0.1"
@@ -169,6 +182,7 @@ class Settings:
     # spec.unreadyRestartSeconds: a replica without a liveness probe that stays unready this
     # long is restarted (0: never restarted for unreadiness alone).
     unready_restart_seconds: int = DEFAULT_UNREADY_RESTART_SECONDS
+    engine: EngineSettings = EngineSettings()
     doc: Document | None = field(default=None, compare=False, repr=False)
 
 

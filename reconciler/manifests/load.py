@@ -23,6 +23,7 @@ from .kinds import (
     ArtifactInput,
     Configuration,
     Deployment,
+    EngineSettings,
     Model,
     ModelVersion,
     Parameter,
@@ -248,6 +249,7 @@ def _plan(doc: Document, meta: dict[str, Any], spec: dict[str, Any]) -> Resource
         gpus=int(spec.get("gpus", 0)),
         gpu_type=spec.get("gpuType"),
         description=spec.get("description"),
+        constraints=tuple(" ".join(c.split()) for c in spec.get("constraints", ())),
         doc=doc,
     )
 
@@ -261,7 +263,18 @@ def _settings(doc: Document, spec: dict[str, Any]) -> Settings:
         gpus=tuple(spec.get("gpus", ())),
         artifact_roots=tuple(spec.get("artifactRoots", ())),
         unready_restart_seconds=spec.get("unreadyRestartSeconds", DEFAULT_UNREADY_RESTART_SECONDS),
+        engine=_engine(spec.get("engine") or {}),
         doc=doc,
+    )
+
+
+def _engine(spec: dict[str, Any]) -> EngineSettings:
+    return EngineSettings(
+        kind=spec.get("kind", "docker"),
+        host=spec.get("host"),
+        nodes=tuple(spec.get("nodes", ())),
+        constraints=tuple(" ".join(c.split()) for c in spec.get("constraints", ())),
+        placement_timeout=spec.get("placementTimeoutSeconds", 60),
     )
 
 

@@ -1182,6 +1182,7 @@ def _finish(
         max_replicas=max(draft.replicas, draft.max_replicas or draft.replicas),
         labels=draft.labels,
         annotations=draft.annotations,
+        constraints=plan.constraints,
     )
 
 

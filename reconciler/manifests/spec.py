@@ -141,6 +141,9 @@ class ContainerSpec:
     # Kept for the core to act on; Docker has one health check per container and it serves
     # readiness ("RUNNING means answering"), so liveness is no part of the container.
     liveness: Probe | None = None
+    # Where an engine with several nodes may place replicas (the resource plan's Swarm
+    # placement constraints); no effect on one Docker host.
+    constraints: tuple[str, ...] = ()
 
     @property
     def readiness_path(self) -> str | None:
@@ -202,6 +205,8 @@ class ContainerSpec:
             "workingDir": self.working_dir,
             "stopTimeout": self.stop_timeout,
             "health": self.health_check(),
+            # Only when set: specs without constraints keep the hash they always had.
+            "placement": list(self.constraints) or None,
         }
         for env in self.env:
             name = f"env.{env.name}"
@@ -246,6 +251,7 @@ class ContainerSpec:
             "maxReplicas": self.max_replicas,
             "labels": dict(self.labels),
             "annotations": dict(self.annotations),
+            "constraints": list(self.constraints),
         }
 
 

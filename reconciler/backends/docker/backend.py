@@ -15,11 +15,11 @@ limit or restarts while starting has failed, whatever its restart policy would d
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
 from datetime import datetime
 from types import MappingProxyType
+from typing import Any
 
 from ...manifests.spec import ContainerSpec, Identity
 from .. import labels as L
@@ -164,25 +164,7 @@ class DockerBackend(StartFirstBackend):
         return ContainerRequest(
             name=replica_name(intent.instance, group, d.name, replica, identity.config_hash),
             spec=spec,
-            labels={
-                L.MANAGED: "true",
-                L.INSTANCE: intent.instance,
-                L.ROOT: intent.root,
-                L.DEPLOYMENT_ID: d.id,
-                L.DEPLOYMENT_NAME: d.name,
-                L.RESOURCE_GROUP: group,
-                L.CONFIGURATION_ID: d.configuration.id,
-                L.REPLICA: str(replica),
-                L.CONFIG_HASH: identity.config_hash,
-                L.HASH_VERSION: identity.version,
-                L.IMAGE_ID: image_id,
-                L.FIELDS: _compact(dict(identity.digests)),
-                L.RESOURCES: _compact(spec.resources()),
-                L.GPUS: ",".join(gpu_ids),
-                L.PORT: str(spec.port),
-                L.REVISION: intent.revision or "",
-                L.MODEL: d.model.label if d.model else "",
-            },
+            labels=L.replica_labels(intent, identity, image_id, replica, gpu_ids),
             publish_address=intent.publish_address,
             cpus=self._cpus(spec),
             gpu_ids=gpu_ids,
@@ -290,6 +272,9 @@ class DockerBackend(StartFirstBackend):
     def watching(self, instance: str) -> str:
         return f"{', '.join(EVENT_ACTIONS)} of {L.INSTANCE}={instance}"
 
+    def engine_info(self) -> dict[str, Any]:
+        return {"kind": "docker", "host": self.engine.where}
+
     def endpoints(self, replicas: Iterable[Replica], publish_address: str) -> dict[str, str]:
         """A replica's own address on its Docker network when the engine is local and this
         host owns that network's gateway (rootful Docker on Linux), else its published port
@@ -306,7 +291,3 @@ class DockerBackend(StartFirstBackend):
             else published_endpoint(c, publish_address)
             for c in serving
         }
-
-
-def _compact(value: object) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"))

@@ -166,17 +166,22 @@ class Engine:
         return self._socket_path is not None
 
     @classmethod
-    def connect(cls, timeout: float = 60) -> Engine:
-        """An engine handle; nothing is sent until the first call (which says if it is down)."""
-        host = os.environ.get("DOCKER_HOST") or _DEFAULT_SOCKET
+    def connect(cls, timeout: float = 60, host: str | None = None) -> Engine:
+        """An engine handle at `host` (a Docker host URL; None: DOCKER_HOST, else the local
+        socket); nothing is sent until the first call (which says if it is down). TLS for a
+        tcp:// host comes from DOCKER_TLS_VERIFY and DOCKER_CERT_PATH, as for the docker CLI;
+        an ssh:// host goes through the system's ssh client (its config and agent)."""
+        host = host or os.environ.get("DOCKER_HOST") or _DEFAULT_SOCKET
         if host.startswith("unix://") and not os.environ.get("DOCKER_TLS_VERIFY"):
             return cls(host, {"base_url": host}, timeout)
         import docker
 
         try:
-            kwargs = docker.utils.kwargs_from_env()
+            kwargs = docker.utils.kwargs_from_env(environment={**os.environ, "DOCKER_HOST": host})
         except docker.errors.DockerException as exc:
             raise EngineUnreachable(cls._unreachable(host, exc)) from None
+        if host.startswith("ssh://"):
+            kwargs["use_ssh_client"] = True  # the ssh binary: no paramiko dependency
         return cls(kwargs.get("base_url") or host, kwargs, timeout)
 
     @property
@@ -199,6 +204,25 @@ class Engine:
         return (
             f"Docker engine unreachable at {where} ({reason}): start it "
             "(sudo systemctl start docker, or scripts/ensure-docker) or set DOCKER_HOST"
+        )
+
+    @property
+    def sdk(self) -> docker.APIClient:
+        """The SDK's low-level client, for the engine kinds built on this one (Swarm)."""
+        return self._client
+
+    def call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """One SDK call, with this handle's error mapping (see `_call`)."""
+        return self._call(fn, *args, **kwargs)
+
+    def get(self, path: str, query: dict[str, str]) -> Any:
+        """A read-only API call (`path` as the API names it): the standard library's HTTP
+        client on a local socket, the SDK elsewhere."""
+        if self._socket_path is not None:
+            return self._get(self._socket_path, path, query)
+        client = self._client
+        return self._call(
+            lambda: client._result(client._get(client._url(path), params=query), True)
         )
 
     def _get(self, socket_path: str, path: str, query: dict[str, str]) -> Any:

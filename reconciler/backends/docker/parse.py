@@ -9,13 +9,11 @@ status text ("Exited (1) 3 seconds ago"), so the code is read from that text her
 from __future__ import annotations
 
 import itertools
-import json
 import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from datetime import datetime
-from types import MappingProxyType
 from typing import Any
 
 from .. import labels as L
@@ -45,14 +43,6 @@ _UNIT_SECONDS = {
 # shell): that is no health check, not a model server that stopped answering.
 NO_PROBE_TOOL = "reconciler-healthcheck: no probe tool"
 _NO_SHELL = re.compile(r'exec: "/bin/sh": .*(no such file|not found)', re.IGNORECASE)
-
-
-def _json(text: str | None) -> dict[str, Any]:
-    try:
-        value = json.loads(text or "{}")
-    except ValueError:
-        return {}
-    return value if isinstance(value, dict) else {}
 
 
 def _published(summary: dict[str, Any], port: int) -> tuple[str | None, int | None]:
@@ -101,17 +91,7 @@ def parse_summary(
     return Replica(
         id=summary["Id"],
         name=names[0].lstrip("/"),
-        deployment_id=labels.get(L.DEPLOYMENT_ID, ""),
-        deployment_name=labels.get(L.DEPLOYMENT_NAME, ""),
-        resource_group=labels.get(L.RESOURCE_GROUP, ""),
-        configuration_id=labels.get(L.CONFIGURATION_ID, ""),
-        replica=int(labels.get(L.REPLICA) or 0),
-        config_hash=labels.get(L.CONFIG_HASH, ""),
-        hash_version=labels.get(L.HASH_VERSION, ""),
-        image_id=labels.get(L.IMAGE_ID, ""),
-        fields=MappingProxyType(_json(labels.get(L.FIELDS))),
-        resources=MappingProxyType(_json(labels.get(L.RESOURCES))),
-        gpus=tuple(g for g in labels.get(L.GPUS, "").split(",") if g),
+        **L.replica_fields(labels),
         state=summary.get("State", ""),
         status=status,
         exit_code=int(code.group(1)) if code else None,
@@ -121,9 +101,6 @@ def parse_summary(
         container_ip=container_ip,
         network_gateway=network_gateway,
         created=int(summary.get("Created") or 0),
-        root=labels.get(L.ROOT, ""),
-        revision=labels.get(L.REVISION, ""),
-        model=labels.get(L.MODEL, ""),
         image=summary.get("Image") or "",
         health=health,
         started=started,
