@@ -1,8 +1,8 @@
 """Engine backends: the only code that talks to an engine, behind one interface (`base.Backend`).
 
-`connect` is the one way in: it picks the backend the Settings ask for (Docker, the only one so
-far) and hands back a `Backend`; nothing else constructs one of an engine or connects to it.
-The core, the faces and the AI API see the neutral records of `base` only.
+`connect` is the one way in: it picks the backend the Settings ask for (`spec.engine.kind`:
+Docker, or Docker Swarm) and hands back a `Backend`; nothing else constructs one of an engine
+or connects to it. The core, the faces and the AI API see the neutral records of `base` only.
 """
 
 from __future__ import annotations
@@ -49,17 +49,26 @@ __all__ = [
 ]
 
 DEFAULT_KIND = "docker"
+KINDS = ("docker", "swarm")
 
 
 def connect(settings: Settings | None = None, timeout: float = 60) -> Backend:
-    """The backend `settings` choose (None: the default, Docker at DOCKER_HOST). Nothing is
-    sent until the first call, which says whether the engine is down (EngineUnreachable)."""
-    # Settings name no backend yet; the Swarm backend adds the field and its branch here.
-    kind = getattr(settings, "backend", None) or DEFAULT_KIND
+    """The backend `settings` choose (`spec.engine`; None: the default, Docker at DOCKER_HOST).
+    Nothing is sent until the first call, which says whether the engine is down
+    (EngineUnreachable)."""
+    engine = settings.engine if settings is not None else None
+    kind = engine.kind if engine is not None else DEFAULT_KIND
+    # Imported here: whoever only reads neutral records never loads an engine's backend.
     if kind == "docker":
-        # Imported here: whoever only reads neutral records never loads the Docker backend.
         from .docker.backend import DockerBackend
         from .docker.engine import Engine
 
-        return DockerBackend(Engine.connect(timeout))
-    raise UserError(f"the Settings name an unknown backend {kind!r} (known: {DEFAULT_KIND})")
+        return DockerBackend(Engine.connect(timeout, engine.host if engine else None))
+    if kind == "swarm":
+        assert engine is not None
+        from .swarm.backend import connect as swarm
+
+        return swarm(engine, timeout)
+    raise UserError(
+        f"the Settings name an unknown engine kind {kind!r} (known: {', '.join(KINDS)})"
+    )
