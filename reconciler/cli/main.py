@@ -312,15 +312,17 @@ def apply_command(
 def status_command(ctx: click.Context, root: Path | None, as_json: bool) -> None:
     """Every deployment with AI Core's field names (snapshot merged with the live state)."""
     from ..core.status import status_view
-    from .present import status_table
+    from .present import engine_lines, status_table
 
-    items, notes = status_view(_root(ctx, root))
+    items, notes, engine = status_view(_root(ctx, root))
     for note in notes:
         click.echo(f"warning: {note}", err=True)
     if as_json:
-        _json_out({"deployments": items, "warnings": notes})
+        _json_out({"deployments": items, "warnings": notes, "engine": engine})
     else:
         click.echo(status_table(items))
+        if engine.get("nodes"):
+            click.echo(engine_lines(engine))
 
 
 def _since(text: str | None) -> Any:

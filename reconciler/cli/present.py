@@ -122,3 +122,15 @@ def status_table(items: list[dict[str, Any]]) -> str:
     with console.capture() as captured:
         console.print(table)
     return "\n".join(line.rstrip() for line in captured.get().splitlines())
+
+
+def engine_lines(engine: dict[str, Any]) -> str:
+    """A Swarm's nodes under the status table: where replicas can run, and which cannot."""
+    lines = [f"\nengine: {engine['kind']} at {engine.get('host', '?')}"]
+    for n in engine.get("nodes", ()):
+        gpus = f", {n['gpus']} GPU" if n.get("gpus") else ""
+        lines.append(
+            f"  node {n['hostname']} {n['address']}: {n['role']}, {n['state']}, "
+            f"{n['availability']}{gpus}"
+        )
+    return "\n".join(lines)

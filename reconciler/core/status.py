@@ -96,6 +96,12 @@ def routable(rec: Record | None, containers: list[Replica]) -> list[Replica]:
     found = [c for c in current if ready(c)]
     if found or not rec or rec.status != Status.RUNNING:
         return found
+    # An engine that replaces replicas itself (Swarm's rolling update) may have retired the
+    # recorded configuration's last replica before the pass records the new one: the new
+    # configuration's ready replicas answer meanwhile.
+    successors = [c for c in containers if ready(c) and c.config_hash != rec.config_hash]
+    if successors:
+        return successors
     seen = parse_iso(rec.modified_at)  # when the reconciler last recorded it answering
     return [c for c in current if c.health == HEALTH_STARTING and _seen_since(c, seen)]
 
@@ -146,6 +152,7 @@ def replica_details(rec: Record | None, containers: list[Replica]) -> list[dict[
             "serving": c.id in serves,
             "health": c.health,
             "message": "" if ready(c) else _health_text(c),
+            **({"node": c.node} if c.node else {}),
         }
         for c in ordered
     ]
@@ -304,9 +311,10 @@ def _join(first: str | None, second: str) -> str:
     return f"{first}; {second}" if first else second
 
 
-def status_view(root: Path) -> tuple[list[dict[str, Any]], list[str]]:
-    """Statuses for `reconciler status`, with notes on what could not be looked at. Works with
-    broken manifests (the last reconciled state) and without an engine (UNKNOWN)."""
+def status_view(root: Path) -> tuple[list[dict[str, Any]], list[str], dict[str, Any]]:
+    """Statuses for `reconciler status`, with notes on what could not be looked at and what
+    the engine is (its kind, and a Swarm's nodes). Works with broken manifests (the last
+    reconciled state) and without an engine (UNKNOWN)."""
     notes = []
     desired: DesiredState | None
     try:
@@ -323,9 +331,13 @@ def status_view(root: Path) -> tuple[list[dict[str, Any]], list[str]]:
         notes += [n for d in desired.deployments if (n := retirement_notice(d, now(), days))]
     snapshot = read_snapshot(root, instance)
     observed, problem = None, None
+    settings = desired.repo.settings if desired else None
+    engine: dict[str, Any] = {"kind": settings.engine.kind if settings else "docker"}
     try:
-        observed = observe(connect(desired.repo.settings if desired else None), instance, False)
+        backend = connect(settings)
+        observed = observe(backend, instance, False)
+        engine = backend.engine_info()
     except EngineUnreachable as exc:
         problem = str(exc)
         notes.append(problem)
-    return deployment_statuses(snapshot, desired, observed, problem), notes
+    return deployment_statuses(snapshot, desired, observed, problem), notes, engine
