@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from reconciler.cli.main import main
+from tests.swarm_support import swarm_testbed  # noqa: F401  (a fixture: registered here)
 
 # Per-instance files the tool keeps outside the GitOps root (credentials of `serve`, the key of
 # the secret-value digests) go to ~/.config/reconciler/<instance>/: the tests' instances keep
@@ -189,7 +190,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     fixtures must be marked, so that `-m "not engine"` never needs one. (The other way round,
     a test that needs no engine is not marked: the relay tests, tests/test_cli_errors.py; but
     for two slow ones in tests/test_auth_security.py, which say why.)"""
-    engine_fixtures = {"docker_client", "host", "make_hosts"}
+    engine_fixtures = {"docker_client", "host", "make_hosts", "swarm_testbed"}
     unmarked = [
         item.nodeid
         for item in items
