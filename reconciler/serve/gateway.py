@@ -11,7 +11,10 @@ never received, so sending it again is safe. So is one that does not accept the 
 within `CONNECT_ATTEMPT_SECONDS`: a replica reached at its own address on the bridge
 (reconciler.serve.routes) that was removed a moment ago drops the connection attempt silently, where
 a published port would refuse it; the table is refreshed and the request goes to a replica that
-is still there (or waits again for the same one, still listed: an overloaded server).
+is still there (or waits again for the same one, still listed: an overloaded server); one
+that failed the request is passed over while another is listed. A connection that breaks
+before any byte of the answer came (the replica's host was lost) is sent once more, to another
+replica (`lost_unanswered`).
 
 The table lists only replicas that pass their health check (reconciler.serve.routes): a
 deployment with none answers 503 at once, with the reason `reconciler status` gives (its
@@ -142,13 +145,36 @@ class Gateway:
             ex.upstream_failed(*connect_failure(exc, ex.connect_seconds))
         else:
             ex.attempt += 1
+            ex.avoid = ex.avoid | {ex.address}
             ex.spawn(self._retry(ex))
 
+    def lost_unanswered(self, ex: Exchange, exc: Exception | None) -> None:
+        """The replica's connection broke before any byte of its answer: its host went away
+        (a node lost, a replica killed). Sent once more, to another replica: a model's
+        prediction has no side effect, and a request that kills its replica (a "query of
+        death") takes down at most one more. Not when none other is there."""
+        others = [a for a in self._targets(ex) if a != ex.address and a not in ex.avoid]
+        if ex.failed_over or not others:
+            why = f": {exc}" if exc else ""
+            ex.upstream_failed(502, f"model server closed the connection{why}")
+            return
+        ex.failed_over = True
+        ex.retried = False  # a pooled connection to the other one may be stale: as for any
+        ex.avoid = ex.avoid | {ex.address}
+        self._forward(ex, others[0])
+
+    def _targets(self, ex: Exchange) -> tuple[str, ...]:
+        route = self.table.get(ex.tag)
+        return route.targets if route is not None and route.status == "RUNNING" else ()
+
     async def _retry(self, ex: Exchange) -> None:
-        """Never received: safe to send again, to another replica or a fresher table."""
+        """Never received: safe to send again, to another replica (one that has not failed
+        this request, while there is one) or a fresher table."""
         await asyncio.get_running_loop().run_in_executor(None, self.table.refresh)
         fresh = self.table.get(ex.tag)
         target = fresh.pick() if fresh else None
+        if fresh is not None and target in ex.avoid:
+            target = next((a for a in fresh.targets if a not in ex.avoid), target)
         if fresh is not None and fresh.status != "RUNNING":  # stopped or sick meanwhile: say so
             ex.upstream_failed(503, unavailable(ex.tag, fresh))
         elif target is None:

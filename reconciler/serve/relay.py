@@ -119,10 +119,13 @@ Dispatch = Callable[["Exchange"], None]
 
 
 class Relayed(Protocol):
-    """Told about a forwarded exchange: a connection that could not be made (it may forward
-    again, elsewhere), and the end (status, and whether the upstream did its part)."""
+    """Told about a forwarded exchange: a connection that could not be made, or one that broke
+    before any byte of the answer came (it may forward again, elsewhere: else that is a 502),
+    and the end (status, and whether the upstream did its part)."""
 
     def connect_failed(self, ex: Exchange, exc: OSError) -> None: ...
+
+    def lost_unanswered(self, ex: Exchange, exc: Exception | None) -> None: ...
 
     def done(self, ex: Exchange, status: int, upstream_ok: bool) -> None: ...
 
@@ -673,6 +676,8 @@ class Exchange:
     task: asyncio.Task[None] | None = None
     tag = ""  # the handler's: the gateway's deployment id
     attempt = 1  # the handler's: connection attempts so far
+    avoid: frozenset[str] = frozenset()  # the handler's: addresses that failed this request
+    failed_over = False  # the handler's: sent to another replica after one broke unanswered
     connect_seconds = CONNECT_SECONDS  # the handler's: how long one connection attempt may take
 
     def __init__(self, conn: ClientConnection, req: Request) -> None:
@@ -933,6 +938,11 @@ class Exchange:
             self.head_sent = False
             self.wait_since = 0.0
             self.spawn(self._connect())
+            return
+        if not up.got_bytes and self.handler is not None and self.replayable:
+            self.head_sent = False
+            self.wait_since = 0.0
+            self.handler.lost_unanswered(self, exc)
             return
         why = f": {exc}" if exc else ""
         self.upstream_failed(502, f"model server closed the connection{why}")
