@@ -15,6 +15,7 @@ planner's hashes are the local engine's, where they are built (see `images`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -66,7 +67,10 @@ FAILURES = 2
 UPDATE_SLACK = 30
 ROLLBACK_WAIT = 120
 REMOVE_WAIT = 30
-_OWN_MEMORY = 600.0
+# A service's events are this backend's own while it changes the service and this long after
+# (Swarm reports an update's progress as events for as long as the update runs); later ones,
+# a removal by hand among them, are drift.
+_OWN_AFTER = 5.0
 # Service and node events that may mean drift: a service updated, removed or rolled back by
 # hand, a node that went down or came back (its tasks move).
 EVENT_TYPES = ("service", "node")
@@ -173,16 +177,17 @@ class SwarmBackend(Backend):
         image = self.images.deliver(spec.image, image_id)
         identity = spec.identity(image_id, intent.hashing)
         want = service_spec(intent, identity, image, image_id, self.settings.constraints)
-        live = self._service(want["Name"])
-        if live is None:
-            self._write(want)
-        elif self._differs(live, want):
-            self._write(want, live)
-        elif (live.get("UpdateStatus") or {}).get("State") != "updating":
-            # The same spec, but the plan found replicas missing or failed (Swarm's restart
-            # attempts spent): start its tasks afresh.
-            self._write(want, live, force=True)
-        self._wait(want["Name"], identity.config_hash, spec, stop, rollback=live is not None)
+        with self._changing(want["Name"]):
+            live = self._service(want["Name"])
+            if live is None:
+                self._write(want)
+            elif self._differs(live, want):
+                self._write(want, live)
+            elif (live.get("UpdateStatus") or {}).get("State") != "updating":
+                # The same spec, but the plan found replicas missing or failed (Swarm's
+                # restart attempts spent): start its tasks afresh.
+                self._write(want, live, force=True)
+            self._wait(want["Name"], identity.config_hash, spec, stop, rollback=live is not None)
         return Converged(identity.config_hash, image_id)
 
     @staticmethod
@@ -200,7 +205,6 @@ class SwarmBackend(Backend):
         """Create the service, or update `live` to `want` (`force`: restart its tasks even
         if nothing changed; `rollback`: back to its previous spec, which Swarm keeps)."""
         api = self.manager.sdk
-        self._remember(want["Name"])
         if live is None:
             call = lambda: api._result(  # noqa: E731
                 api._post_json(api._url("/services/create"), data=want), True
@@ -367,11 +371,14 @@ class SwarmBackend(Backend):
 
     def _remove(self, service_id: str, name: str) -> None:
         """Remove a service and wait (bounded) until its tasks stopped."""
-        self._remember(name)
-        try:
-            self.manager.call(self.manager.sdk.remove_service, service_id)
-        except NotFound:
-            return
+        with self._changing(name):
+            try:
+                self.manager.call(self.manager.sdk.remove_service, service_id)
+            except NotFound:
+                return
+            self._await_removal(service_id)
+
+    def _await_removal(self, service_id: str) -> None:
         deadline = time.monotonic() + REMOVE_WAIT
         while time.monotonic() < deadline:
             left = [
@@ -487,14 +494,21 @@ class SwarmBackend(Backend):
             if c.running and c.host_port and c.host_ip and c.health != "unready"
         }
 
-    def _remember(self, name: str) -> None:
+    @contextlib.contextmanager
+    def _changing(self, name: str) -> Iterator[None]:
+        """While (and shortly after) this backend changes a service, its events are its own."""
         with self._own_lock:
-            self._own[name] = time.monotonic()
+            self._own[name] = float("inf")
+        try:
+            yield
+        finally:
+            with self._own_lock:
+                self._own[name] = time.monotonic()
 
     def _caused(self, name: str) -> bool:
         with self._own_lock:
             at = self._own.get(name)
-        return at is not None and time.monotonic() - at <= _OWN_MEMORY
+        return at is not None and time.monotonic() - at <= _OWN_AFTER
 
 
 def _hash(task: Mapping[str, Any]) -> str:

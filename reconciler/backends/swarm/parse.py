@@ -101,7 +101,8 @@ def current_tasks(tasks: Iterable[Mapping[str, Any]]) -> list[tuple[Mapping[str,
         slots.setdefault((t.get("ServiceID", ""), int(t.get("Slot") or 0)), []).append(t)
     out = []
     for group in slots.values():
-        group.sort(key=lambda t: t.get("CreatedAt") or "", reverse=True)
+        # By time, not text: Docker trims the nanoseconds' trailing zeros.
+        group.sort(key=lambda t: unix_time(t.get("CreatedAt")) or 0.0, reverse=True)
         wanted = [t for t in group if t.get("DesiredState") in ("running", "ready", "accepted")]
         if not wanted and _state(group[0]) in FAILED:
             wanted = group[:1]  # its restarts spent: what killed it is what the planner sees
@@ -142,7 +143,7 @@ def parse_task(
     if changed_by_hand(service):
         # Not the configuration its labels name: the planner sees a changed field and
         # updates the service back.
-        fields["fields"] = {**fields["fields"], "service": "changed outside the reconciler"}
+        fields["fields"] = {**fields["fields"], "swarm service edited by hand": "?"}
         fields["config_hash"] = "changed-by-hand"
     slot = int(task.get("Slot") or 0)
     fields["replica"] = max(slot - 1, 0)

@@ -181,8 +181,9 @@ def digest(spec: Mapping[str, Any]) -> str:
     view = {
         "labels": labels,
         "image": container.get("Image"),
-        "command": container.get("Command"),
-        "args": container.get("Args"),
+        # Swarm drops an empty list (omitempty): [] and absent read the same.
+        "command": container.get("Command") or None,
+        "args": container.get("Args") or None,
         "env": container.get("Env") or [],
         "dir": container.get("Dir") or "",
         "stop": container.get("StopGracePeriod") or 0,
