@@ -46,7 +46,29 @@ def check(
     for deployment in repo.deployments:
         problems += _deployment(repo, deployment, broken)
     problems += catalog.check_models(repo)
+    problems += _engine(repo)
     return problems
+
+
+# Settings.spec.engine fields that mean something on a Swarm only.
+_SWARM_ONLY = ("nodes", "constraints", "placementTimeoutSeconds")
+
+
+def _engine(repo: Repository) -> list[Problem]:
+    """Swarm's fields under an engine of another kind: set for nothing, most likely a
+    forgotten `kind: swarm`."""
+    settings, doc = repo.settings, repo.settings.doc
+    if doc is None or settings.engine.kind == "swarm":
+        return []
+    spec = ((doc.body or {}).get("spec") or {}).get("engine") or {}
+    return [
+        doc.problem(
+            f"/spec/engine/{name}",
+            f"{name} is used only with kind: swarm (this engine is kind: {settings.engine.kind})",
+        )
+        for name in _SWARM_ONLY
+        if name in spec
+    ]
 
 
 def _key(obj: Any) -> tuple[str, str, str]:
