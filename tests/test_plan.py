@@ -108,6 +108,22 @@ def test_a_record_of_an_older_hash_settles_too(root: Root):
     assert p.changes == () and len(p.settle) == 1
 
 
+def test_the_serving_configuration_declared_again_after_a_failed_update_settles(root: Root):
+    """An update failed while this configuration kept serving (the record names the failed
+    one, with its failure); declaring this one again records it RUNNING afresh, replacing
+    nothing, so that status no longer names the failed configuration."""
+    desired = web(root)
+    d = only(desired)
+    failed = record(
+        d,
+        configuration_id="web-broken",
+        status_message="update to configuration web-broken failed",
+        failed_hash="f" * 64,
+    )
+    p = planned(desired, replica(d), records=[failed])
+    assert p.changes == () and [s.desired.id for s in p.settle] == [d.id]
+
+
 def test_resource_group_is_shown_unless_default(root: Root):
     desired = root.declare(
         configuration("conf-a", group="team-a"), deployment("webapp", "conf-a", group="team-a")

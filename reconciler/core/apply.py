@@ -360,6 +360,7 @@ class Applier:
             d.id,
             status=Status.RUNNING,
             status_message=None,
+            configuration_id=d.configuration.id,
             start_time=record.start_time
             if record.status == Status.RUNNING and record.start_time
             else stamp,

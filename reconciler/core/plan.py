@@ -608,7 +608,14 @@ def _converge(t: _Target, current: list[Replica], stale: list[Replica]) -> _Outc
     work = _sort_out(t, current, stale)
     if not work.needed:
         rec = t.rec
-        settle = rec is None or rec.status != Status.RUNNING or rec.config_hash != t.config_hash
+        # Also when the record names another configuration: an update that failed while this
+        # one kept serving, declared again (the record then says what serves, not the failure).
+        settle = (
+            rec is None
+            or rec.status != Status.RUNNING
+            or rec.config_hash != t.config_hash
+            or rec.configuration_id != t.d.configuration.id
+        )
         return _Outcome(settle=settle, wait=_liveness_wait(t, work))
     step = _step(t, stale, work)
     cause = "; ".join(step.causes)
