@@ -355,6 +355,40 @@ def test_a_model_server_that_cannot_load_ends_dead_with_its_error_and_logs(swarm
     assert "cannot load /mnt/models/model.joblib" in logs.out
 
 
+def test_an_update_to_a_model_that_cannot_load_is_rolled_back_and_the_old_one_serves(swarm):
+    manifest = swarm.root / "manifests/churn.yaml"
+    manifest.write_text(
+        manifest.read_text().replace("configurationId: churn-v2", "configurationId: churn-broken")
+    )
+    swarm.commit("churn to the broken model")
+    url = swarm.url("churn") + "/v1/models/churn:predict"
+
+    with Load(url) as load:
+        result = swarm.reconcile()
+
+    assert result.code != 0
+    assert load.failures == [], load.failures[:5]
+    churn = swarm.deployment("churn")
+    assert churn["status"] == "RUNNING", churn
+    assert churn["latestRunningConfigurationId"] == "churn-v2"
+    assert "rolled the service back to the previous configuration" in churn["statusMessage"]
+    planned = cli("plan", "--root", swarm.root)
+    assert "churn-v2 keeps serving" in planned.out + planned.err
+    (service,) = [s for s in swarm.services() if churn["id"] in s.name]
+    env = service.attrs["Spec"]["TaskTemplate"]["ContainerSpec"]["Env"]
+    assert "STORAGE_URI=file:models/churn/2" in env, env
+
+    # Declaring the serving configuration again settles it, replacing nothing.
+    manifest.write_text(
+        manifest.read_text().replace("configurationId: churn-broken", "configurationId: churn-v2")
+    )
+    swarm.commit("churn back to v2")
+    swarm.reconcile()
+    churn = swarm.deployment("churn")
+    assert (churn["status"], churn["configurationId"]) == ("RUNNING", "churn-v2"), churn
+    assert service.id in {s.id for s in swarm.services()}
+
+
 def test_watch_restores_a_service_removed_by_hand(swarm):
     log = swarm.root.parent / "watch.log"
     with open(log, "w") as out:

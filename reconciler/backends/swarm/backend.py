@@ -248,7 +248,9 @@ class SwarmBackend(Backend):
             if self._done(live, tasks, config_hash, spec.replicas):
                 return
             state = (live.get("UpdateStatus") or {}).get("State", "")
-            if state in _UPDATE_FAILED:
+            # Swarm keeps an update's last state; it failed this pass's configuration only
+            # while the spec it rolled back to is another one.
+            if state in _UPDATE_FAILED and _spec_hash(live) != config_hash:
                 self._failed_update(live, tasks, config_hash, stop)
             broken = self._broken(tasks, config_hash)
             unplaced = [
@@ -291,7 +293,7 @@ class SwarmBackend(Backend):
     def _done(
         live: Mapping[str, Any], tasks: list[dict[str, Any]], config_hash: str, replicas: int
     ) -> bool:
-        if (live.get("UpdateStatus") or {}).get("State") in ("updating", *_UPDATE_FAILED):
+        if (live.get("UpdateStatus") or {}).get("State") in ("updating", "rollback_started"):
             return False
         wanted = [t for t in tasks if t.get("DesiredState") == "running"]
         mine = [t for t in wanted if _hash(t) == config_hash]
@@ -509,6 +511,11 @@ class SwarmBackend(Backend):
         with self._own_lock:
             at = self._own.get(name)
         return at is not None and time.monotonic() - at <= _OWN_AFTER
+
+
+def _spec_hash(service: Mapping[str, Any]) -> str:
+    """The configuration a service's spec is now (after a rollback: the previous one)."""
+    return str(((service.get("Spec") or {}).get("Labels") or {}).get(L.CONFIG_HASH) or "")
 
 
 def _hash(task: Mapping[str, Any]) -> str:
