@@ -16,6 +16,12 @@ def config_dir(instance: str) -> Path:
     return Path(base) / "reconciler" / instance
 
 
+def cache_dir() -> Path:
+    """`$XDG_CACHE_HOME/reconciler` (default `~/.cache/reconciler`): what can be made again."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "reconciler"
+
+
 FileVersion = tuple[int, int, int]
 
 
@@ -32,13 +38,13 @@ def file_version(path: Path) -> FileVersion | None:
     return st.st_ino, st.st_mtime_ns, st.st_size
 
 
-def write_atomic(path: Path, text: str, mode: int = 0o644) -> None:
+def write_atomic(path: Path, text: str | bytes, mode: int = 0o644) -> None:
     """Write via a temp file in the same folder and rename: readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         os.fchmod(fd, mode)
-        with os.fdopen(fd, "w") as f:
+        with os.fdopen(fd, "wb" if isinstance(text, bytes) else "w") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())

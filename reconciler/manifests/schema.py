@@ -8,16 +8,24 @@ mean", the missing field, the expected type with a hint to quote YAML numbers.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
+import hashlib
 import json
+import marshal
+import os
+import sys
+import types
 from collections.abc import Callable, Iterator
 from importlib import resources
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import fastjsonschema
 
 from ..errors import did_you_mean
+from ..files import cache_dir, write_atomic
 
 if TYPE_CHECKING:  # jsonschema is imported only to explain invalid documents (it is slow to load)
     from jsonschema import Draft202012Validator
@@ -183,7 +191,52 @@ def _fast_check(stem: str) -> Callable[[Any], Any]:
     """The schema compiled to Python code: a quick yes/no for the common, valid case. The
     dereferenced schemas use only keywords whose meaning is the same in draft-07."""
     schema = {k: v for k, v in _dereference(bundle(stem)).items() if k != "$schema"}
-    return fastjsonschema.compile(schema)
+    from fastjsonschema.ref_resolver import RefResolver
+
+    namespace: dict[str, Any] = {}
+    exec(_validator_code(schema), namespace)  # code made from our own schema
+    # The entry point is named after the schema's $id, as fastjsonschema.compile finds it.
+    return namespace[RefResolver.from_schema(schema, store={}).get_scope_name()]
+
+
+# Bump when what the cache holds changes meaning.
+_CODE_FORMAT = "1"
+
+
+def _validator_code(schema: dict[str, Any]) -> types.CodeType:
+    """The validator's compiled code. Making it (generating Python, then compiling it) costs
+    most of a no-op `plan`, 100-400 ms for the kinds of a repository, so it is kept in the user's
+    cache folder, keyed by the schema, Python's and fastjsonschema's versions: what a cached
+    entry holds is exactly what would be made again. Only an entry in a folder and file that
+    only this user can write is trusted (it is code); anything amiss is made anew."""
+    text = json.dumps(schema, sort_keys=True)
+    stamp = f"{_CODE_FORMAT}\0{sys.version}\0{fastjsonschema.VERSION}\0{text}"
+    path = cache_dir() / "schemas" / f"{hashlib.sha256(stamp.encode()).hexdigest()[:32]}.code"
+    code = _cached_code(path)
+    if code is None:
+        source = fastjsonschema.compile_to_code(schema)
+        code = compile(source, f"<schema validator {path.stem}>", "exec")
+        with contextlib.suppress(OSError):  # a read-only home: made again next time
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            if _private(path.parent):
+                write_atomic(path, marshal.dumps(code), mode=0o600)
+    return code
+
+
+def _cached_code(path: Path) -> types.CodeType | None:
+    try:
+        if not (_private(path.parent) and _private(path)):
+            return None
+        code = marshal.loads(path.read_bytes())
+    except (OSError, ValueError, EOFError, TypeError):
+        return None
+    return code if isinstance(code, types.CodeType) else None
+
+
+def _private(path: Path) -> bool:
+    """Owned by this user, and nobody else may write it."""
+    st = path.stat()
+    return st.st_uid == os.geteuid() and not st.st_mode & 0o022
 
 
 def check(body: Any) -> list[tuple[str, str]]:
