@@ -171,6 +171,30 @@ def test_starting_replicas_serve_a_running_deployment_only_when_none_is_ready(ro
     assert status_of(desired, pending, *fresh)["status"] == "PENDING"
 
 
+def test_a_recorded_update_routes_to_its_new_replicas_not_the_old_ones_still_draining(root):
+    """Docker: the update is recorded RUNNING as soon as the reconciler saw the new replicas
+    answer; the old ones, still ready, are retired a moment later. Requests go to the new ones
+    even before the engine's own check has passed them (regression: the old ones got them, and
+    502s when they stopped)."""
+    _desired, d = web(root)
+    rec = record(d, modified_at=ago(seconds=1))
+    up_before = (NOW - timedelta(seconds=5)).timestamp()
+    new = replica(d, health=HEALTH_STARTING, started=up_before)
+    old = replica(d, health=HEALTH_READY, config_hash="old", fields={"env.X": "1"})
+    assert routable(rec, [old, new]) == [new]
+
+
+def test_the_new_configurations_ready_replicas_serve_once_the_engine_retired_the_old_ones(root):
+    """Swarm replaces replicas itself: during its rolling update the recorded configuration's
+    last replica may be gone before the pass records the new one."""
+    _desired, d = web(root, replicas=2)
+    rec = record(d, config_hash="old")
+    new = [well(d, 0), replica(d, index=1, health=HEALTH_STARTING)]
+    assert routable(rec, new) == [new[0]]
+    old = replica(d, index=1, health=HEALTH_READY, config_hash="old")
+    assert routable(rec, [new[0], old]) == [old]  # while one of the recorded runs: that one
+
+
 def test_starting_and_unready_replicas_report_the_first_failure(root):
     desired, d = web(root, replicas=2)
     rec = record(d)

@@ -96,12 +96,13 @@ def routable(rec: Record | None, containers: list[Replica]) -> list[Replica]:
     found = [c for c in current if ready(c)]
     if found or not rec or rec.status != Status.RUNNING:
         return found
-    # An engine that replaces replicas itself (Swarm's rolling update) may have retired the
-    # recorded configuration's last replica before the pass records the new one: the new
-    # configuration's ready replicas answer meanwhile.
-    successors = [c for c in containers if ready(c) and c.config_hash != rec.config_hash]
-    if successors:
-        return successors
+    if not current:
+        # An engine that replaces replicas itself (Swarm's rolling update) may have retired
+        # the recorded configuration's last replica before the pass records the new one: the
+        # new configuration's ready replicas answer meanwhile. (Not while a replica of the
+        # recorded one runs: right after Docker's update is recorded, the old replicas are
+        # still ready but about to go.)
+        return [c for c in containers if ready(c)]
     seen = parse_iso(rec.modified_at)  # when the reconciler last recorded it answering
     return [c for c in current if c.health == HEALTH_STARTING and _seen_since(c, seen)]
 
