@@ -247,7 +247,7 @@ def _pass_options(f: F) -> F:
         "--parallel",
         type=click.IntRange(1, 64),
         default=None,
-        help="Deployments worked on at the same time (default 16).",
+        help="Deployments worked on at the same time (default 16; on Swarm 64).",
     )(f)
     f = click.option(
         "--lock-timeout",

@@ -35,6 +35,9 @@ LOG_LINES_KEPT = LAST_LINES
 DRAIN_SECONDS = 1.5
 # The engine's own create/start dominates a cold apply; more overlap than this gains little.
 DEFAULT_PARALLEL = 16
+# An engine that schedules and replaces replicas itself (Swarm) mostly keeps a pass waiting:
+# by default every deployment is worked on at once, up to this many.
+SCHEDULED_PARALLEL = 64
 
 Reporter = Callable[[str, str], None]  # (deployment name, what happened)
 

@@ -21,7 +21,7 @@ from ..manifests.gitsource import read_commit
 from ..manifests.revision import working_tree_revision
 from ..manifests.sources import check_root
 from ..manifests.spec import Hashing
-from .apply import DEFAULT_PARALLEL, Outcome, Reporter, apply_plan
+from .apply import DEFAULT_PARALLEL, SCHEDULED_PARALLEL, Outcome, Reporter, apply_plan
 from .observe import observe
 from .plan import Plan, plan
 from .record import (
@@ -143,7 +143,7 @@ def reconcile(
                 the_plan,
                 recorder,
                 the_plan.revision,
-                parallel or DEFAULT_PARALLEL,
+                parallel or _default_parallel(backend),
                 report,
                 stop,
             )
@@ -169,3 +169,9 @@ def reconcile(
 
 def _with_revision(snapshot: Snapshot, revision: str | None) -> Snapshot:
     return Snapshot(snapshot.instance, snapshot.records, snapshot.history, revision)
+
+
+def _default_parallel(backend: Backend) -> int:
+    """How many deployments a pass works on at once when not told: on an engine that waits
+    for its own scheduler (Swarm), all of them."""
+    return SCHEDULED_PARALLEL if backend.capabilities.rolling_updates else DEFAULT_PARALLEL

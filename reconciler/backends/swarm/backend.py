@@ -240,6 +240,7 @@ class SwarmBackend(Backend):
         `rollback`) or Interrupted."""
         deadline = time.monotonic() + spec.startup_timeout * max(1, spec.replicas) + UPDATE_SLACK
         unplaced_since: float | None = None
+        pause = 0.1
         while True:
             live = self._service(name)
             if live is None:
@@ -287,7 +288,8 @@ class SwarmBackend(Backend):
                 raise ConvergeFailed(reason, logs)
             if stop.is_set():
                 raise Interrupted
-            stop.wait(POLL_SECONDS)
+            stop.wait(pause)
+            pause = min(pause * 1.5, POLL_SECONDS)  # soon at first: most start in seconds
 
     @staticmethod
     def _done(
