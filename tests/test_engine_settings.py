@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+from reconciler.manifests.spec import UNSEALED
 from tests.conftest import ECHO_MANIFESTS, ECHO_TEMPLATE, cli
 from tests.test_validate import only, problems
 
@@ -68,3 +69,22 @@ def test_status_names_the_engine_and_reads_unknown_when_the_manager_does_not_ans
     assert [d["status"] for d in shown["deployments"]] == ["UNKNOWN"]
     assert "unreachable at unix:///nonexistent/manager.sock" in result.err
     assert "Traceback" not in result.err
+
+
+def test_placement_constraints_are_part_of_what_replicas_are_made_from(gitops):
+    """The Settings' and the resource plan's constraints enter the spec's identity: changing
+    either is a change `plan` shows (and rolls); none at all keeps the hash a spec always had."""
+    from reconciler.manifests.desired import desired_state
+
+    plain = repo(gitops, "    kind: swarm\n")
+    (d,) = desired_state(plain).deployments
+    assert d.spec.constraints == ()
+    assert "placement" not in d.spec.identity_fields()
+
+    placed = repo(gitops, "    kind: swarm\n    constraints: ['node.labels.zone==a']\n")
+    (a,) = desired_state(placed).deployments
+    assert a.spec.constraints == ("node.labels.zone==a",)
+    moved = repo(gitops, "    kind: swarm\n    constraints: ['node.labels.zone==b']\n")
+    (b,) = desired_state(moved).deployments
+    hashes = {x.spec.identity("sha256:1", UNSEALED).config_hash for x in (d, a, b)}
+    assert len(hashes) == 3

@@ -1182,7 +1182,9 @@ def _finish(
         max_replicas=max(draft.replicas, draft.max_replicas or draft.replicas),
         labels=draft.labels,
         annotations=draft.annotations,
-        constraints=plan.constraints,
+        # The Settings' placement first, then the plan's: both are what the replicas are made
+        # with, so that a change of either is a change the plan shows.
+        constraints=tuple(dict.fromkeys((*repo.settings.engine.constraints, *plan.constraints))),
     )
 
 

@@ -176,7 +176,7 @@ class SwarmBackend(Backend):
         image_id = intent.image_id or self.images.resolve(spec.image)
         image = self.images.deliver(spec.image, image_id)
         identity = spec.identity(image_id, intent.hashing)
-        want = service_spec(intent, identity, image, image_id, self.settings.constraints)
+        want = service_spec(intent, identity, image, image_id)  # (constraints: in the spec)
         with self._changing(want["Name"]):
             live = self._service(want["Name"])
             if live is None:
