@@ -422,3 +422,26 @@ def test_watch_restores_a_service_removed_by_hand(swarm):
 def _passes(log: Path) -> list[dict[str, Any]]:
     lines = log.read_text().splitlines() if log.exists() else []
     return [json.loads(line) for line in lines if '"event": "pass"' in line]
+
+
+def test_a_deployment_set_to_stopped_is_stopped_and_its_service_removed(swarm):
+    gpu = swarm.root / "manifests/gpu.yaml"
+    gpu.write_text(
+        gpu.read_text().replace(
+            "spec: {configurationId: churn-gpu-one}",
+            "spec: {configurationId: churn-gpu-one, targetStatus: STOPPED}",
+        )
+    )
+    swarm.commit("stop gpu-one")
+    one_id = swarm.deployment("gpu-one")["id"]
+
+    swarm.reconcile()
+
+    one = swarm.deployment("gpu-one")
+    assert one["status"] == "STOPPED", one
+    assert not any(one_id in s.name for s in swarm.services())
+    code, body = post(swarm.url("churn") + "/v1/models/churn:predict", {"instances": [[0] * 8]})
+    assert code == 200, body  # the others go on serving
+    stopped = swarm.server.base + f"/v2/inference/deployments/{one_id}/v1/models/churn:predict"
+    code, body = post(stopped, {"instances": [[0] * 8]})
+    assert code == 503 and "STOPPED" in str(body), body
