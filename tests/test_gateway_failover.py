@@ -512,3 +512,56 @@ def test_a_fail_over_onto_a_pooled_connection_the_server_closed_still_succeeds(
     # closed as it is reused: a fresh one; 2: lost, fail-over onto that pooled connection,
     # which live closes too.
     assert answers == [(200, b"live")] * 3
+
+
+# --- requests in flight (the autoscaler's load) ----------------------------------------------
+
+
+def test_requests_in_flight_are_counted_while_relayed_and_none_are_left_after(
+    replicas: Callable[[str, Behaviour], Replica],
+    gateway: Callable[..., RunningGateway],
+    refused: str,
+) -> None:
+    release = threading.Event()
+    held = socket.create_server(("127.0.0.1", 0))
+
+    def slow_replica() -> None:
+        conn, _ = held.accept()
+        with conn:
+            conn.recv(65536)
+            release.wait(HANG_GUARD)
+            conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\nconnection: close\r\n\r\nslow")
+
+    threading.Thread(target=slow_replica, daemon=True).start()
+    gw = gateway(f"127.0.0.1:{held.getsockname()[1]}")
+    answers: list[tuple[int, bytes]] = []
+    waiting = threading.Thread(target=lambda: answers.append(post(client(gw), 0)))
+    waiting.start()
+    wait_until(lambda: gw.gateway.in_flight == {DEP: 1}, "one request in flight")
+    release.set()
+    waiting.join(HANG_GUARD)
+    held.close()
+    assert answers == [(200, b"slow")]
+    wait_until(lambda: gw.gateway.in_flight == {}, "nothing in flight")
+
+    # Answered, failed over, cut off, refused: each counted once and gone once it ended.
+    lost, live = replicas("lost", "reset"), replicas("live", "answer")
+    cut = replicas("cut", "cut-body")
+    for targets in ((lost.address, live.address), (cut.address,), (refused,)):
+        gw = gateway(*targets)
+        for n in range(4):
+            conn = client(gw)
+            with contextlib.suppress(http.client.HTTPException, OSError):
+                post(conn, n)
+            conn.close()
+        wait_until(lambda gw=gw: gw.gateway.in_flight == {}, f"nothing in flight ({targets})")
+
+
+def test_metrics_export_requests_in_flight_and_zero_once_none_are() -> None:
+    from reconciler.serve.metrics import Metrics
+
+    metrics = Metrics()
+    metrics.observe_in_flight({"d1": 3})
+    assert 'reconciler_inference_in_flight{deployment="d1"} 3.0' in metrics.render().decode()
+    metrics.observe_in_flight({})
+    assert 'reconciler_inference_in_flight{deployment="d1"} 0.0' in metrics.render().decode()

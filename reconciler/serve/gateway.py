@@ -72,11 +72,16 @@ class Gateway:
         timeout: float = 300.0,
         authorize: Authorizer | None = None,
         observe: Observer | None = None,
+        in_flight: Callable[[Mapping[str, int]], None] | None = None,
     ) -> None:
         self.table = table
         self.timeout = timeout
         self.authorize = authorize
         self.observe = observe
+        self.report_in_flight = in_flight
+        # Requests relayed to each deployment and not answered yet (the load an autoscaler
+        # reads, Knative's "concurrency"): changed on the event loop only, read anywhere.
+        self.in_flight: dict[str, int] = {}
         # Observations wait here for `flush_metrics` (the relay's timer, and /metrics): each
         # request still gets its own `observe` call, but in batches, off the request's path,
         # where the metrics code runs with warm caches (per request it cost a quarter of the
@@ -136,6 +141,8 @@ class Gateway:
                 req.memo.clear()
             head = req.memo[target] = request_head(req, path, _DROP, host=target.encode())
         ex.connect_seconds = CONNECT_ATTEMPT_SECONDS
+        if ex.handler is None:  # its first replica (not a retry): one more in flight
+            self.in_flight[ex.tag] = self.in_flight.get(ex.tag, 0) + 1
         ex.forward(target, head, self.timeout, self)
 
     # Relayed
@@ -183,6 +190,11 @@ class Gateway:
             self._forward(ex, target)
 
     def done(self, ex: Exchange, status: int, upstream_ok: bool) -> None:
+        left = self.in_flight.get(ex.tag, 1) - 1
+        if left > 0:
+            self.in_flight[ex.tag] = left
+        else:
+            self.in_flight.pop(ex.tag, None)
         if self.observe is not None:
             # 503 "no serving replica now" counts as the upstream's failure, as 502 and 504 do
             self._observed.append(
@@ -195,7 +207,10 @@ class Gateway:
             )
 
     def flush_metrics(self) -> None:
-        """Hand the observations so far to `observe`."""
+        """Hand the observations so far to `observe`, and the requests in flight now to
+        `in_flight`."""
+        if self.report_in_flight is not None:
+            self.report_in_flight(dict(self.in_flight))  # (a copy: the loop changes it)
         observed, observe = self._observed, self.observe
         if observe is None:
             return

@@ -4,9 +4,10 @@ servers in one process never share counters."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client import generate_latest as _render
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -36,6 +37,13 @@ class Metrics:
             ["deployment"],
             registry=self.registry,
         )
+        self.in_flight = Gauge(
+            "reconciler_inference_in_flight",
+            "Requests relayed to a deployment and not answered yet",
+            ["deployment"],
+            registry=self.registry,
+        )
+        self._in_flight_seen: set[str] = set()
         self.passes = Counter(
             "reconciler_reconcile_passes",
             "Reconcile passes run by the server, by result",
@@ -56,6 +64,14 @@ class Metrics:
         self.latency.labels(deployment).observe(seconds)
         if not upstream_ok:
             self.upstream_errors.labels(deployment).inc()
+
+    def observe_in_flight(self, counts: Mapping[str, int]) -> None:
+        """The gateway's requests in flight now; a deployment it no longer lists has none."""
+        for deployment in self._in_flight_seen - set(counts):
+            self.in_flight.labels(deployment).set(0)
+        for deployment, count in counts.items():
+            self.in_flight.labels(deployment).set(count)
+        self._in_flight_seen |= set(counts)
 
     def observe_pass(self, result: str, seconds: float) -> None:
         self.passes.labels(result).inc()

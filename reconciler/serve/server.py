@@ -143,6 +143,7 @@ class App:
             timeout=options.timeout,
             authorize=self._authorize,
             observe=self.metrics.observe_request,
+            in_flight=self.metrics.observe_in_flight,
         )
         self.reconciler = BackgroundReconciler(options.root, self.metrics)
         self.context = ApiContext(
