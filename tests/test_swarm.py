@@ -440,6 +440,13 @@ def test_a_deployment_set_to_stopped_is_stopped_and_its_service_removed(swarm):
     one = swarm.deployment("gpu-one")
     assert one["status"] == "STOPPED", one
     assert not any(one_id in s.name for s in swarm.services())
+    # Stopped means its containers are gone from the node, not only its tasks from the API.
+    node = swarm.testbed.node_client(swarm.testbed.gpu_node)
+    try:
+        left = [c.name for c in node.containers.list() if one_id in c.name]
+    finally:
+        node.close()
+    assert left == [], left
     code, body = post(swarm.url("churn") + "/v1/models/churn:predict", {"instances": [[0] * 8]})
     assert code == 200, body  # the others go on serving
     stopped = swarm.server.base + f"/v2/inference/deployments/{one_id}/v1/models/churn:predict"

@@ -34,7 +34,6 @@ from ..base import (
     Converged,
     ConvergeFailed,
     EngineError,
-    EngineUnreachable,
     Event,
     Intent,
     Interrupted,
@@ -48,6 +47,7 @@ from ..docker.engine import Engine, EventStream
 from ..docker.parse import image_ids, since_argument
 from .images import ImageCourier
 from .parse import (
+    ENDED,
     FAILED,
     NO_NODE,
     Node,
@@ -374,22 +374,27 @@ class SwarmBackend(Backend):
         self.stop(replicas)
 
     def _remove(self, service_id: str, name: str) -> None:
-        """Remove a service and wait (bounded) until its tasks stopped."""
+        """Stop a service's replicas, then remove it. Removing it at once would drop its tasks
+        from the API while the nodes still stop their containers (a STOPPED deployment would
+        answer for a moment): scaled to zero first, its tasks say when their containers have
+        stopped (bounded: REMOVE_WAIT, past the stop grace period)."""
         with self._changing(name):
+            live = self._service(name)
+            if live is not None and live.get("ID") == service_id:
+                spec = dict(live.get("Spec") or {})
+                spec["Mode"] = {"Replicated": {"Replicas": 0}}
+                with contextlib.suppress(ConvergeFailed):  # (a global service, an old API)
+                    self._write(spec, live)
+                    self._await_stopped(service_id)
             try:
                 self.manager.call(self.manager.sdk.remove_service, service_id)
             except NotFound:
                 return
-            self._await_removal(service_id)
 
-    def _await_removal(self, service_id: str) -> None:
+    def _await_stopped(self, service_id: str) -> None:
         deadline = time.monotonic() + REMOVE_WAIT
         while time.monotonic() < deadline:
-            left = [
-                t
-                for t in self._tasks([service_id])
-                if (t.get("Status") or {}).get("State") in ("running", "starting")
-            ]
+            left = [t for t in self._tasks([service_id]) if _state(t) not in ENDED]
             if not left:
                 return
             time.sleep(POLL_SECONDS)
@@ -520,6 +525,10 @@ def _spec_hash(service: Mapping[str, Any]) -> str:
     return str(((service.get("Spec") or {}).get("Labels") or {}).get(L.CONFIG_HASH) or "")
 
 
+def _state(task: Mapping[str, Any]) -> str:
+    return str((task.get("Status") or {}).get("State") or "")
+
+
 def _hash(task: Mapping[str, Any]) -> str:
     labels = ((task.get("Spec") or {}).get("ContainerSpec") or {}).get("Labels") or {}
     return str(labels.get(L.CONFIG_HASH) or "")
@@ -533,4 +542,4 @@ def connect(settings: EngineSettings, timeout: float) -> SwarmBackend:
     return SwarmBackend(manager, source, settings)
 
 
-__all__ = ["EngineUnreachable", "SwarmBackend", "connect"]
+__all__ = ["SwarmBackend", "connect"]
