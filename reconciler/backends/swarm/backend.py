@@ -28,6 +28,7 @@ from ...manifests.kinds import EngineSettings
 from ...manifests.spec import ContainerSpec
 from .. import labels as L
 from ..base import (
+    HEALTH_UNREADY,
     LAST_LINES,
     Backend,
     Capabilities,
@@ -56,6 +57,8 @@ from .parse import (
     parse_nodes,
     parse_task,
     task_error,
+    task_hash,
+    task_state,
 )
 from .service import SERVICE_DIGEST, service_spec
 
@@ -298,7 +301,7 @@ class SwarmBackend(Backend):
         if (live.get("UpdateStatus") or {}).get("State") in ("updating", "rollback_started"):
             return False
         wanted = [t for t in tasks if t.get("DesiredState") == "running"]
-        mine = [t for t in wanted if _hash(t) == config_hash]
+        mine = [t for t in wanted if task_hash(t) == config_hash]
         running = [t for t in mine if (t.get("Status") or {}).get("State") == "running"]
         return len(running) >= replicas and len(mine) == len(wanted)
 
@@ -310,7 +313,7 @@ class SwarmBackend(Backend):
         FAILURES times: its replicas will not come up."""
         slots: dict[int, list[dict[str, Any]]] = {}
         for t in tasks:
-            if _hash(t) == config_hash and (t.get("Status") or {}).get("State") in FAILED:
+            if task_hash(t) == config_hash and task_state(t) in FAILED:
                 slots.setdefault(int(t.get("Slot") or 0), []).append(t)
         for failed in slots.values():
             if len(failed) >= FAILURES:
@@ -327,7 +330,7 @@ class SwarmBackend(Backend):
         """Swarm judged the update failed and rolls it back (FailureAction rollback)."""
         status = live.get("UpdateStatus") or {}
         self._await_rollback(live["ID"], stop)
-        failed = [t for t in tasks if _hash(t) == config_hash and t["Status"]["State"] in FAILED]
+        failed = [t for t in tasks if task_hash(t) == config_hash and task_state(t) in FAILED]
         logs = self._task_lines(failed[-1]["ID"]) if failed else ()
         message = status.get("Message") or "update failed"
         raise ConvergeFailed(
@@ -394,7 +397,7 @@ class SwarmBackend(Backend):
     def _await_stopped(self, service_id: str) -> None:
         deadline = time.monotonic() + REMOVE_WAIT
         while time.monotonic() < deadline:
-            left = [t for t in self._tasks([service_id]) if _state(t) not in ENDED]
+            left = [t for t in self._tasks([service_id]) if task_state(t) not in ENDED]
             if not left:
                 return
             time.sleep(POLL_SECONDS)
@@ -500,7 +503,7 @@ class SwarmBackend(Backend):
         return {
             c.id: published_endpoint(c, publish_address)
             for c in replicas
-            if c.running and c.host_port and c.host_ip and c.health != "unready"
+            if c.running and c.host_port and c.host_ip and c.health != HEALTH_UNREADY
         }
 
     @contextlib.contextmanager
@@ -523,15 +526,6 @@ class SwarmBackend(Backend):
 def _spec_hash(service: Mapping[str, Any]) -> str:
     """The configuration a service's spec is now (after a rollback: the previous one)."""
     return str(((service.get("Spec") or {}).get("Labels") or {}).get(L.CONFIG_HASH) or "")
-
-
-def _state(task: Mapping[str, Any]) -> str:
-    return str((task.get("Status") or {}).get("State") or "")
-
-
-def _hash(task: Mapping[str, Any]) -> str:
-    labels = ((task.get("Spec") or {}).get("ContainerSpec") or {}).get("Labels") or {}
-    return str(labels.get(L.CONFIG_HASH) or "")
 
 
 def connect(settings: EngineSettings, timeout: float) -> SwarmBackend:

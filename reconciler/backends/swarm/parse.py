@@ -104,24 +104,26 @@ def current_tasks(tasks: Iterable[Mapping[str, Any]]) -> list[tuple[Mapping[str,
         # By time, not text: Docker trims the nanoseconds' trailing zeros.
         group.sort(key=lambda t: unix_time(t.get("CreatedAt")) or 0.0, reverse=True)
         wanted = [t for t in group if t.get("DesiredState") in ("running", "ready", "accepted")]
-        if not wanted and _state(group[0]) in FAILED:
+        if not wanted and task_state(group[0]) in FAILED:
             wanted = group[:1]  # its restarts spent: what killed it is what the planner sees
         for chosen in wanted:
-            same = _labels(chosen).get(L.CONFIG_HASH)
+            same = task_labels(chosen).get(L.CONFIG_HASH)
             failed = sum(
                 1
                 for t in group
-                if t is not chosen and _state(t) in FAILED and _labels(t).get(L.CONFIG_HASH) == same
+                if t is not chosen
+                and task_state(t) in FAILED
+                and task_labels(t).get(L.CONFIG_HASH) == same
             )
             out.append((chosen, failed))
     return out
 
 
-def _state(task: Mapping[str, Any]) -> str:
+def task_state(task: Mapping[str, Any]) -> str:
     return str((task.get("Status") or {}).get("State") or "")
 
 
-def _labels(task: Mapping[str, Any]) -> Mapping[str, str]:
+def task_labels(task: Mapping[str, Any]) -> Mapping[str, str]:
     return ((task.get("Spec") or {}).get("ContainerSpec") or {}).get("Labels") or {}
 
 
@@ -138,7 +140,7 @@ def parse_task(
     nodes: Mapping[str, Node],
     failed_before: int = 0,
 ) -> Replica:
-    labels = dict(_labels(task))
+    labels = dict(task_labels(task))
     fields = L.replica_fields(labels)
     if changed_by_hand(service):
         # Not the configuration its labels name: the planner sees a changed field and
@@ -148,7 +150,7 @@ def parse_task(
     slot = int(task.get("Slot") or 0)
     fields["replica"] = max(slot - 1, 0)
     status = task.get("Status") or {}
-    state, node = _state(task), nodes.get(task.get("NodeID") or "")
+    state, node = task_state(task), nodes.get(task.get("NodeID") or "")
     port = int(labels.get(L.PORT) or 8080)
     health, detail = "", ""
     if state == "running":
@@ -188,3 +190,8 @@ def parse_task(
         health_detail=detail,
         started=unix_time(status.get("Timestamp")) if state == "running" else None,
     )
+
+
+def task_hash(task: Mapping[str, Any]) -> str:
+    """The configuration a task was made from (its container labels' config hash)."""
+    return str(task_labels(task).get(L.CONFIG_HASH) or "")
