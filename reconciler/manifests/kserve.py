@@ -4,10 +4,11 @@ What maps (KServe → Docker): predictor `containers[0]` image, command, args, e
 `workingDir`, `readinessProbe` and `livenessProbe` (`httpGet.path` and `port`, or `tcpSocket`,
 and `periodSeconds`, `timeoutSeconds`, `failureThreshold`, `successThreshold`; a `tcpSocket` or
 `exec` probe, or no readiness probe, means "ready when the port accepts connections", as Knative
-does), `resources.limits["nvidia.com/gpu"]` (GPU count),
-`minReplicas`/`maxReplicas`, `terminationGracePeriodSeconds` (stop timeout), the
-`ai.sap.com/resourcePlan` (or `ai.sap.com/instanceType`) label, and `STORAGE_URI` (the model,
-mounted at /mnt/models). Fields that only make sense on Kubernetes are accepted and ignored.
+does), `resources.limits["nvidia.com/gpu"]` (GPU count), `minReplicas`, `maxReplicas` and
+`containerConcurrency` (the autoscaler's bounds), `terminationGracePeriodSeconds` (stop
+timeout), the `ai.sap.com/resourcePlan` (or `ai.sap.com/instanceType`) label, and `STORAGE_URI`
+(the model, mounted at /mnt/models). Fields that only make sense on Kubernetes are accepted
+and ignored.
 """
 
 from __future__ import annotations
@@ -96,9 +97,10 @@ def to_draft(spec: Any, labels: dict[str, str], annotations: dict[str, str]) -> 
         liveness=liveness,
         resource_plan=plan,
         gpus=_gpus(gpus) if gpus is not None else None,
-        # Docker has no scale-to-zero: minReplicas 0 runs one container.
-        replicas=max(1, min_replicas),
+        # minReplicas 0: scaled to zero by `reconciler serve` when idle (core.autoscale).
+        replicas=min_replicas,
         max_replicas=predictor.get("maxReplicas"),
+        container_concurrency=predictor.get("containerConcurrency", 0),
         model_uri=model_uri,
         working_dir=container.get("workingDir"),
         stop_timeout=predictor.get("terminationGracePeriodSeconds"),

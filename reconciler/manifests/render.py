@@ -67,6 +67,7 @@ from . import catalog
 from .kinds import Artifact, Configuration, Repository, RGKey, ServingTemplate
 from .kserve import STORAGE_URI, to_draft
 from .resource_plans import DEFAULT_PLAN
+from .scaling import PREFIX, PolicyError
 from .sources import API_FOLDER, Document
 from .sources import (
     _Loader as _ManifestLoader,
@@ -941,10 +942,15 @@ def _container_draft(template: ServingTemplate, inputs: Inputs) -> Draft:
         ),
         resource_plan=c.get("resourcePlan"),
         gpus=_int(c["gpus"], f"{base}/gpus", -1) if "gpus" in c else None,
-        replicas=max(1, replicas),
+        replicas=replicas,
         max_replicas=_int(c["maxReplicas"], f"{base}/maxReplicas", 1)
         if "maxReplicas" in c
         else None,
+        container_concurrency=_int(
+            c.get("containerConcurrency", 0), f"{base}/containerConcurrency", 0
+        ),
+        # The template's autoscaling annotations (metadata.annotations, as on AI Core).
+        annotations=tuple((k, v) for k, v in template.annotations if k.startswith(PREFIX)),
         model_uri=model_uri,
         volumes=tuple(
             (v["source"], v["target"], v.get("readOnly", False)) for v in c.get("volumes", ())
@@ -1153,7 +1159,7 @@ def _finish(
             f"resource plan {plan_name!r} not found{did_you_mean(plan_name, repo.plans)} "
             f"(known: {', '.join(sorted(repo.plans))})",
         )
-    return ContainerSpec(
+    spec = ContainerSpec(
         image=draft.image,
         command=draft.command,
         args=draft.args,
@@ -1179,13 +1185,25 @@ def _finish(
         liveness=draft.liveness,
         startup_timeout=draft.startup_timeout,
         replicas=draft.replicas,
-        max_replicas=max(draft.replicas, draft.max_replicas or draft.replicas),
+        # At least one: minReplicas 0 alone means "scale to zero, up to one when used".
+        max_replicas=max(draft.replicas, draft.max_replicas or draft.replicas, 1),
+        container_concurrency=draft.container_concurrency,
         labels=draft.labels,
         annotations=draft.annotations,
         # The Settings' placement first, then the plan's: both are what the replicas are made
         # with, so that a change of either is a change the plan shows.
         constraints=tuple(dict.fromkeys((*repo.settings.engine.constraints, *plan.constraints))),
     )
+    try:
+        spec.scaling()  # the autoscaling annotations, read now so that a bad one is an error
+    except PolicyError as exc:
+        where = (
+            "/spec/template/metadata/annotations"
+            if template.form == "kserve"
+            else f"{template.body_pointer}/annotations"
+        )
+        raise RenderError(where, str(exc)) from None
+    return spec
 
 
 def render_configuration(

@@ -30,6 +30,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .scaling import Policy, policy
+
 # Bump when the meaning of `identity_fields` changes; containers labelled with an older version
 # are compared field by field where possible instead of being recreated wholesale.
 # 2: secret values sealed with the instance's key; 1: no secret values, or secret values
@@ -134,8 +136,8 @@ class ContainerSpec:
     # see `health_check`):
     readiness: Probe
     startup_timeout: int
-    replicas: int
-    max_replicas: int
+    replicas: int  # minReplicas: 0 scales to zero when idle (reconciler.core.autoscale)
+    max_replicas: int  # > replicas: the autoscaler moves the count between the two
     labels: tuple[tuple[str, str], ...] = ()
     annotations: tuple[tuple[str, str], ...] = ()
     # Kept for the core to act on; Docker has one health check per container and it serves
@@ -144,6 +146,19 @@ class ContainerSpec:
     # Where an engine with several nodes may place replicas (the resource plan's Swarm
     # placement constraints); no effect on one Docker host.
     constraints: tuple[str, ...] = ()
+    container_concurrency: int = 0  # requests one replica takes at once (0: no limit)
+
+    @property
+    def autoscaled(self) -> bool:
+        """The count follows the load (`reconciler serve`'s autoscaler), within the bounds."""
+        return self.max_replicas > self.replicas
+
+    def scaling(self) -> Policy:
+        """How the count follows the load: the bounds and the template's autoscaling
+        annotations (raises PolicyError for an annotation that cannot be read)."""
+        return policy(
+            self.replicas, self.max_replicas, dict(self.annotations), self.container_concurrency
+        )
 
     @property
     def readiness_path(self) -> str | None:
@@ -249,6 +264,7 @@ class ContainerSpec:
             "restartPolicy": self.restart_policy,
             "replicas": self.replicas,
             "maxReplicas": self.max_replicas,
+            "containerConcurrency": self.container_concurrency,
             "labels": dict(self.labels),
             "annotations": dict(self.annotations),
             "constraints": list(self.constraints),
@@ -309,6 +325,7 @@ class Draft:
     gpus: int | None = None  # None: the resource plan's
     replicas: int = 1
     max_replicas: int | None = None
+    container_concurrency: int = 0
     model_uri: str | None = None
     volumes: tuple[tuple[str, str, bool], ...] = ()  # (source as written, target, read only)
     working_dir: str | None = None
