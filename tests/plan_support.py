@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from reconciler.backends.base import Observed, Replica
+from reconciler.core.autoscale import Decision
 from reconciler.core.plan import Plan, plan
 from reconciler.core.record import Record, Snapshot, iso
 from reconciler.manifests.desired import DesiredDeployment, DesiredState, desired_state
@@ -268,13 +269,14 @@ def planned(
     now: datetime = NOW,
     images: dict[str, str] | None = None,
     allow_empty: bool = False,
+    scales: dict[str, Decision] | None = None,
 ) -> Plan:
     observed = Observed(
         tuple(containers),
         images if images is not None else {IMAGE: IMAGE_ID, LLM_IMAGE: LLM_IMAGE_ID},
     )
     snapshot = Snapshot(INSTANCE, {r.id: r for r in records})
-    return plan(desired, observed, snapshot, now, allow_empty, hashing=HASHING)
+    return plan(desired, observed, snapshot, now, allow_empty, hashing=HASHING, scales=scales)
 
 
 def lines(p: Plan) -> list[str]:

@@ -108,7 +108,16 @@ def build(tmp_path_factory: pytest.TempPathFactory) -> Build:
             desired = desired_state(path)
             d = desired.deployments[0]
             identity = d.spec.identity(IMAGE_ID, HASHING)
-            intent = Intent(d, identity.config_hash, HASHING, INSTANCE, str(path), "c0ffee", "")
+            intent = Intent(
+                d,
+                identity.config_hash,
+                HASHING,
+                INSTANCE,
+                str(path),
+                "c0ffee",
+                "",
+                replicas=d.spec.replicas,
+            )
             cache[key] = Made(d, identity, intent, desired.repo.settings.engine.constraints)
         return cache[key]
 

@@ -198,6 +198,9 @@ class Intent:
     gpus: tuple[str, ...] = ()  # device ids for the new replicas, spec.gpus each
     stop_first: bool = False  # retire before starting (no free GPU for both at once)
     image_id: str | None = None  # the image's id when this pass resolved it already
+    # How many replicas run once it converged (an engine that keeps a count itself, Swarm,
+    # sets it; one that works replica by replica follows `create` and `retire`).
+    replicas: int = 1
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, replace
+from typing import Any
 
 from ..backends import Backend, Converged, ConvergeFailed, Intent, Interrupted, Replica
 from ..backends.base import LAST_LINES
@@ -167,7 +168,7 @@ class Applier:
             record = self._failed(change, failed)
             return self._outcome(change, False, record.status, record.status_message, started)
         # Recorded first, so that gateways route to the new replicas before the old ones go.
-        record = self._running(d, converged.config_hash, change.gpus)
+        record = self._running(d, converged.config_hash, change.gpus, change)
         if any(c.alive for c in converged.retire) and self.drain_seconds:
             self.stop.wait(self.drain_seconds)
         self.backend.stop(converged.retire, d.spec.stop_timeout)
@@ -192,7 +193,10 @@ class Applier:
             seconds = time.monotonic() - started
             return Outcome(d.id, d.name, "~", False, record.status, record.status_message, seconds)
         record = self._running(
-            d, pending.config_hash, tuple(g for c in pending.containers for g in c.gpus)
+            d,
+            pending.config_hash,
+            tuple(g for c in pending.containers for g in c.gpus),
+            replicas=pending.replicas,
         )
         return Outcome(d.id, d.name, "~", True, record.status, None, time.monotonic() - started)
 
@@ -224,6 +228,7 @@ class Applier:
             retire=change.retire,
             gpus=change.gpus,
             stop_first=change.stop_first,
+            replicas=change.replicas,
             image_id=self._image_ids.get(d.spec.image),
         )
         try:
@@ -355,14 +360,27 @@ class Applier:
         return record
 
     def _running(
-        self, d: DesiredDeployment, config_hash: str | None, gpus: tuple[str, ...]
+        self,
+        d: DesiredDeployment,
+        config_hash: str | None,
+        gpus: tuple[str, ...],
+        change: Change | None = None,
+        replicas: int | None = None,
     ) -> Record:
         record = self.recorder.get(d.id) or self._new_record(d)
         stamp = iso(now())
+        count = change.replicas if change is not None else replicas
+        scale: dict[str, Any] = {}
+        unplaced = change.unplaced if change is not None else None
+        if d.spec.autoscaled and (count != record.replicas or unplaced):
+            # The last scale, for status: when, and why (the autoscaler's reason, or the
+            # change's cause: new bounds in git, a first start, replicas left out).
+            why = change.scaled or change.cause if change is not None else "replicas settled"
+            scale = {"scaled_at": stamp, "scale_reason": _short(why)}
         return self.recorder.update(
             d.id,
             status=Status.RUNNING,
-            status_message=None,
+            status_message=unplaced,  # serving; a scale-up that did not fit says so
             configuration_id=d.configuration.id,
             start_time=record.start_time
             if record.status == Status.RUNNING and record.start_time
@@ -372,10 +390,11 @@ class Applier:
             dead_since=None,
             config_hash=config_hash,
             failed_hash=None,
-            replicas=d.spec.replicas,
+            replicas=count,
             gpus=gpus or record.gpus,
             last_logs=(),
             modified_at=stamp,
+            **scale,
         )
 
     def _failed(self, change: Change, failed: _Failed) -> Record:
@@ -383,6 +402,18 @@ class Applier:
         d = change.desired
         still_serving = not change.stop_first and any(c.alive for c in change.retire)
         record = self.recorder.get(d.id)
+        if _scaling_up(change, record):
+            # More replicas for the load did not come up: those that serve go on serving.
+            assert record is not None
+            return self.recorder.update(
+                d.id,
+                status=Status.RUNNING,
+                status_message=_short(
+                    f"could not scale to {change.replicas} replicas: {failed.reason}"
+                ),
+                last_logs=failed.logs,
+                modified_at=iso(now()),
+            )
         if still_serving and record is not None and record.latest_running_configuration_id:
             message = (
                 f"update to configuration {d.configuration.id} failed (configuration "
@@ -412,6 +443,17 @@ class Applier:
             last_logs=failed.logs,
             modified_at=stamp,
         )
+
+
+def _scaling_up(change: Change, record: Record | None) -> bool:
+    """An update that only adds replicas to a serving configuration."""
+    return (
+        change.action == Action.UPDATE
+        and record is not None
+        and record.status == Status.RUNNING
+        and bool(record.replicas)
+        and change.replicas > (record.replicas or 0)
+    )
 
 
 def apply_plan(

@@ -36,6 +36,7 @@ from ..errors import Problem, UserError
 from ..manifests.catalog import retirement_notice
 from ..manifests.desired import DesiredDeployment, DesiredState
 from ..manifests.spec import UNSEALED, UNSEALED_HASH_VERSION, Hashing, Identity
+from .autoscale import Decision
 from .lifecycle import (
     ACTIVE,
     DEAD_RETENTION,  # also imported from here by the AI API
@@ -108,6 +109,9 @@ class Change:
     note: str | None = None  # with expire: the statusMessage the deletion leaves
     restore: int = 0  # a drift restore: its number in the current crash-loop window
     hashing: Hashing | None = None  # the label format of new containers (see _hashing_for)
+    replicas: int = 0  # how many run once it is done (an autoscaled count: see planned_replicas)
+    scaled: str | None = None  # the count changes: why (recorded as the last scale's reason)
+    unplaced: str | None = None  # replicas a scale-up leaves out, and why (no free GPU)
 
     @property
     def symbol(self) -> str:
@@ -133,6 +137,7 @@ class Change:
             "removeContainers": [c.name for c in (*self.remove_first, *self.retire)],
             "updateContainers": [c.name for c in self.update],
             "gpus": list(self.gpus),
+            "replicas": self.replicas,
             "failure": self.failure,
         }
 
@@ -145,6 +150,7 @@ class Pending:
     desired: DesiredDeployment
     containers: tuple[Replica, ...]
     config_hash: str
+    replicas: int = 0
 
 
 @dataclass(frozen=True, order=True)
@@ -198,8 +204,11 @@ def plan(
     revision: str | None = None,
     *,
     hashing: Hashing,
+    scales: Mapping[str, Decision] | None = None,
 ) -> Plan:
-    """`hashing`: how secret values are sealed in hashes (the instance's key)."""
+    """`hashing`: how secret values are sealed in hashes (the instance's key); `scales`: the
+    counts `reconciler serve`'s autoscaler asks for now, by deployment id."""
+    scales = scales or {}
     _refuse_foreign(desired, observed)
     by_dep = observed.by_deployment()
     changes: list[Change] = []
@@ -218,7 +227,9 @@ def plan(
         unready_limit = liveness_limit(
             d.spec.liveness, desired.repo.settings.unready_restart_seconds
         )
-        outcome = _plan_deployment(d, rec, containers, image_id, known, chosen, now, unready_limit)
+        outcome = _plan_deployment(
+            d, rec, containers, image_id, known, chosen, now, unready_limit, scales.get(d.id)
+        )
         problems += outcome.problems
         warnings += outcome.warnings
         notice = retirement_notice(d, now, desired.repo.settings.retirement_warning_days)
@@ -230,7 +241,7 @@ def plan(
             changes.append(outcome.change)
         elif outcome.settle:
             running = tuple(c for c in containers if c.alive)
-            settle.append(Pending(d, running, hashes[d.id]))
+            settle.append(Pending(d, running, hashes[d.id], len(running)))
     changes += _deletions(desired, by_dep, snapshot, allow_empty)
     if desired.repo.settings.gpus:
         changes = _assign_gpus(changes, observed, desired.repo.settings.gpus)
@@ -340,10 +351,18 @@ class _Target:
     now: datetime
     config_hash: str
     unready_limit: int | None = None  # seconds a replica may stay unready (None: no limit)
+    replicas: int = 1  # how many should run (planned_replicas)
+    asked: Decision | None = None  # the autoscaler's request now, if any
 
     @property
     def status(self) -> str | None:
         return self.rec.status if self.rec else None
+
+    @property
+    def scaled_to_zero(self) -> bool:
+        """Serving, with no replica until a request comes (minReplicas 0, idle)."""
+        rec = self.rec
+        return rec is not None and rec.status == Status.RUNNING and rec.replicas == 0
 
     @property
     def drift(self) -> bool:
@@ -367,8 +386,34 @@ class _Target:
             config_hash=self.config_hash,
             image_id=self.image_id,
             hashing=self.hashing,
+            replicas=self.replicas,
+            scaled=self.asked.reason if self.asked is not None else None,
             **fields,
         )
+
+
+def planned_replicas(
+    d: DesiredDeployment, rec: Record | None, config_hash: str, asked: Decision | None
+) -> int:
+    """How many replicas a deployment should run. A fixed count (maxReplicas not above
+    minReplicas) is the manifest's. An autoscaled one is runtime state, which git does not
+    hold: what the autoscaler asks for now, else what was applied last, within the bounds the
+    manifest gives now (so a reconcile keeps it, and a change of the bounds applies). A
+    configuration not applied yet starts with at least one replica even when minReplicas is 0
+    (Knative's initial scale): it proves it starts, and the autoscaler takes it to zero when
+    it stays idle."""
+    spec = d.spec
+    if not spec.autoscaled:
+        return spec.replicas
+    if asked is not None:
+        count = asked.desired
+    elif rec is not None and rec.replicas is not None:
+        count = rec.replicas
+    else:
+        count = spec.replicas
+    count = min(max(count, spec.replicas), spec.max_replicas)
+    applied = rec is not None and rec.status == Status.RUNNING and rec.config_hash == config_hash
+    return count if count or applied else 1
 
 
 def _plan_deployment(
@@ -380,10 +425,21 @@ def _plan_deployment(
     hashing: Hashing,
     now: datetime,
     unready_limit: int | None = None,
+    asked: Decision | None = None,
 ) -> _Outcome:
     config_hash = d.spec.identity(image_id, hashing).config_hash
     t = _Target(
-        d, rec, tuple(containers), image_id, known, hashing, now, config_hash, unready_limit
+        d,
+        rec,
+        tuple(containers),
+        image_id,
+        known,
+        hashing,
+        now,
+        config_hash,
+        unready_limit,
+        planned_replicas(d, rec, config_hash, asked),
+        asked,
     )
     # The lifecycle's verdicts come first, in this order: a deployment that is gone (tombstone,
     # ttl), retired or stopped is not checked any further; a manifest that breaks a rule
@@ -580,13 +636,14 @@ class _Step:
 
 def _sort_out(t: _Target, current: list[Replica], stale: list[Replica]) -> _Work:
     spec = t.d.spec
+    count = t.replicas
     keep: dict[int, Replica] = {}
     remove_first: list[Replica] = []
     retire = list(stale)
     # Running ones first, the newest of each replica index kept: a duplicate or a dead one
     # is removed before its replacement starts.
     for c in sorted(current, key=lambda c: (not c.alive, -c.created)):
-        if c.replica >= spec.replicas:
+        if c.replica >= count:
             retire.append(c)
         elif c.replica in keep or not c.alive or t.unresponsive(c):
             remove_first.append(c)
@@ -595,7 +652,7 @@ def _sort_out(t: _Target, current: list[Replica], stale: list[Replica]) -> _Work
     wanted = spec.resources()
     return _Work(
         keep=keep,
-        create=tuple(i for i in range(spec.replicas) if i not in keep),
+        create=tuple(i for i in range(count) if i not in keep),
         remove_first=tuple(remove_first),
         retire=tuple(retire),
         update=tuple(c for c in keep.values() if _resources(c, t.rec) != wanted),
@@ -617,6 +674,7 @@ def _converge(t: _Target, current: list[Replica], stale: list[Replica]) -> _Outc
             or rec.configuration_id != t.d.configuration.id
         )
         return _Outcome(settle=settle, wait=_liveness_wait(t, work))
+
     step = _step(t, stale, work)
     cause = "; ".join(step.causes)
     attempt, failure = 0, None
@@ -658,6 +716,10 @@ def _step(t: _Target, stale: list[Replica], work: _Work) -> _Step:
     if stale and not work.keep:  # nothing of this spec serves: a new configuration or image
         fields = _changed_fields(stale, t.known)
         return _Step(Action.REPLACE, [_config_cause(stale, t.d, fields, t.image_id, t.rec)], fields)
+    if not t.containers and t.scaled_to_zero:
+        if t.rec is not None and t.rec.config_hash == t.config_hash:
+            return _update_step(t, stale, work)  # woken: 0 → 1
+        return _Step(Action.REPLACE, ["configuration changed while scaled to zero"])
     if not t.containers:
         if t.drift:
             return _Step(Action.CREATE, ["container removed outside the reconciler"], restore=True)
@@ -682,10 +744,11 @@ def _update_step(t: _Target, stale: list[Replica], work: _Work) -> _Step:
     restore = False
     if stale:
         causes.append(f"{len(stale)} container(s) of an older configuration left over")
-    rec, replicas = t.rec, t.d.spec.replicas
-    old = rec.replicas if rec and rec.replicas else len(work.keep) + len(work.retire)
+    rec, replicas = t.rec, t.replicas
+    old = rec.replicas if rec and rec.replicas is not None else len(work.keep) + len(work.retire)
     if old != replicas:
-        causes.append(f"replicas {old} → {replicas}")
+        why = f" ({t.asked.reason})" if t.asked is not None else ""
+        causes.append(f"replicas {old} → {replicas}{why}")
     elif work.create:
         unready = {c.replica for c in work.unresponsive}
         missing = [i for i in sorted(work.create) if i not in unready]
@@ -884,6 +947,26 @@ def _assign_gpus(
             taken = tuple(free[:need])
             assigned[change.deployment_id] = replace(change, gpus=taken)
             held |= set(taken)
+            continue
+        if change.action == Action.UPDATE and change.desired and change.desired.spec.autoscaled:
+            # More replicas for the load: as many as the free GPUs allow, the rest reported
+            # (the deployment serves on; the autoscaler asks again later, not in a loop).
+            fit = len(free) // spec.gpus
+            taken = tuple(free[: fit * spec.gpus])
+            held |= set(taken)
+            short = len(change.create) - fit
+            unplaced = (
+                f"{short} replica(s) not placed: needs {spec.gpus} GPU(s) each, "
+                f"{len(free)} of the inventory free"
+            )
+            assigned[change.deployment_id] = replace(
+                change,
+                create=change.create[:fit],
+                gpus=taken,
+                replicas=change.replicas - short,
+                cause=f"{change.cause}; {unplaced}",
+                unplaced=unplaced,
+            )
             continue
         retiring = [g for c in change.retire for g in c.gpus]
         pool = [g for g in inventory if g in set(free) | set(retiring)]

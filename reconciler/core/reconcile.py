@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +22,7 @@ from ..manifests.revision import working_tree_revision
 from ..manifests.sources import check_root
 from ..manifests.spec import Hashing
 from .apply import DEFAULT_PARALLEL, SCHEDULED_PARALLEL, Outcome, Reporter, apply_plan
+from .autoscale import Decision
 from .observe import observe
 from .plan import Plan, plan
 from .record import (
@@ -87,11 +88,14 @@ def _preview(
     revision: str | None,
     backend: Backend,
     allow_empty: bool,
+    scales: Mapping[str, Decision] | None = None,
 ) -> Preview:
     snapshot = read_snapshot(root, desired.repo.instance)
     observed = observe(backend, desired.repo.instance)
     hashing = instance_hashing(desired.repo.instance)
-    the_plan = plan(desired, observed, snapshot, now(), allow_empty, revision, hashing=hashing)
+    the_plan = plan(
+        desired, observed, snapshot, now(), allow_empty, revision, hashing=hashing, scales=scales
+    )
     return Preview(desired, observed, snapshot, the_plan)
 
 
@@ -113,10 +117,12 @@ def reconcile(
     lock_wait: float = 10.0,
     revision: str | None = None,
     backend: Backend | None = None,
+    scales: Mapping[str, Decision] | None = None,
 ) -> PassResult:
     """One pass. `revision`: apply the manifests committed there (see `preview`); `backend`:
     reuse one (watch keeps one, so that it can tell its own actions' events), else the one
-    the manifests' Settings choose."""
+    the manifests' Settings choose; `scales`: replica counts the autoscaler asks for, by
+    deployment id (`reconciler serve`), applied within the manifests' bounds."""
     started = time.monotonic()
     started_at = iso(now())
     if revision is None:  # (committed manifests: the working tree may lack the folders)
@@ -125,7 +131,7 @@ def reconcile(
     with instance_lock(root, wait=lock_wait):
         desired, revision = _load(root, revision)
         backend = backend or connect(desired.repo.settings)
-        view = _preview(root, desired, revision, backend, allow_empty)
+        view = _preview(root, desired, revision, backend, allow_empty, scales)
         the_plan = view.plan
         if the_plan.problems:
             raise ManifestError(the_plan.problems)

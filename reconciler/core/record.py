@@ -78,7 +78,9 @@ class Record:
     # time: restores back off exponentially and a deployment that keeps dying ends DEAD.
     restores: int = 0
     last_restore: str | None = None
-    replicas: int | None = None
+    replicas: int | None = None  # how many run (an autoscaled count is runtime state)
+    scaled_at: str | None = None  # the last change of an autoscaled count, and why
+    scale_reason: str | None = None
     gpus: tuple[str, ...] = ()
     # Resources applied in place with `docker update`, per container id (labels are immutable).
     updated_resources: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)

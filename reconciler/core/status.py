@@ -121,12 +121,51 @@ def not_serving(rec: Record, containers: list[Replica]) -> str | None:
     """Why a deployment recorded RUNNING does not serve now, for its statusMessage (None: it
     does)."""
     current = serving(rec, containers)
+    if scaled_to_zero(rec) and not current:
+        return None  # it serves: the gateway starts a replica for the first request
     if not any(c.running for c in current):
         return _drift(current)
     if routable(rec, current):
         return None
     sick = next((c for c in current if c.running and not ready(c)), current[0])
     return f"no replica ready: {_health_text(sick)}"
+
+
+SCALED_TO_ZERO = "scaled to zero: the first request starts a replica"
+
+
+def scaled_to_zero(rec: Record | None) -> bool:
+    """RUNNING with no replica (minReplicas 0, idle): the first request starts one."""
+    return rec is not None and rec.status == Status.RUNNING and rec.replicas == 0
+
+
+def scaling_details(
+    rec: Record | None, d: DesiredDeployment | None, containers: list[Replica]
+) -> dict[str, Any]:
+    """AI Core's `details.scaling`, with what the autoscaler did: the replicas that serve
+    now, the count asked for, the bounds, and the last scale's time and reason."""
+    predictor: dict[str, Any] = {}
+    if d is not None:
+        predictor = {
+            "minReplicas": d.spec.replicas,
+            "maxReplicas": d.spec.max_replicas,
+            "containerConcurrency": d.spec.container_concurrency,
+        }
+        if d.spec.autoscaled:
+            policy = d.spec.scaling()
+            predictor.update(
+                metric=policy.metric,
+                target=policy.target,
+                scaleToZeroGracePeriodSeconds=policy.grace,
+            )
+    return {
+        "backendDetails": {"predictor": predictor},
+        "currentReplicas": len(routable(rec, containers)) if rec else 0,
+        "desiredReplicas": rec.replicas if rec else None,
+        "autoscaled": bool(d and d.spec.autoscaled),
+        "lastScaleTime": rec.scaled_at if rec else None,
+        "lastScaleReason": rec.scale_reason if rec else None,
+    }
 
 
 def _health_text(c: Replica) -> str:
@@ -218,12 +257,15 @@ def _status(
     if engine_problem:
         out.update(status=Status.UNKNOWN, statusMessage=engine_problem)
         return out
+    details = {**(out.get("details") or {}), "scaling": scaling_details(rec, d, containers)}
     if containers:
-        replicas = replica_details(rec, containers)
-        out["details"] = {**(out.get("details") or {}), "replicas": replicas}
+        details["replicas"] = replica_details(rec, containers)
+    out["details"] = details
     if rec and rec.status == Status.RUNNING and (problem := not_serving(rec, containers)):
         out["status"] = Status.PENDING
         out["statusMessage"] = problem
+    elif scaled_to_zero(rec) and not serving(rec, containers):
+        out["statusMessage"] = _join(out["statusMessage"], SCALED_TO_ZERO)
     if out["status"] == Status.RUNNING and not api_url:
         out["deploymentUrl"] = direct_url(routable(rec, containers), publish)
     return out
@@ -279,14 +321,6 @@ def _declared(rec: Record | None, d: DesiredDeployment, out: dict[str, Any]) -> 
         "executableId": out["executableId"] or d.template.name,
         "scenarioId": out["scenarioId"] or d.template.scenario_id,
         "details": {
-            "scaling": {
-                "backendDetails": {
-                    "predictor": {
-                        "minReplicas": d.spec.replicas,
-                        "maxReplicas": d.spec.max_replicas,
-                    }
-                }
-            },
             "resources": {"backendDetails": {"predictor": {"resourcePlan": d.spec.resource_plan}}},
         },
     }

@@ -60,7 +60,7 @@ from .parse import (
     task_hash,
     task_state,
 )
-from .service import SERVICE_DIGEST, service_spec
+from .service import SERVICE_DIGEST, service_name, service_spec
 
 POLL_SECONDS = 0.5
 # Failed tasks of one slot, of the configuration being started, after which it is judged
@@ -176,6 +176,15 @@ class SwarmBackend(Backend):
 
     def converge(self, intent: Intent, stop: threading.Event) -> Converged:
         spec = intent.deployment.spec
+        if intent.replicas == 0:
+            # Scaled to zero: no service at all rather than one of 0 replicas, which no task
+            # would show to a later observe (a stop or delete would leave it behind). The
+            # first request creates it again.
+            name = service_name(intent.instance, intent.deployment.id)
+            live = self._service(name)
+            if live is not None:
+                self._remove(live["ID"], name)
+            return Converged(intent.config_hash, None)
         image_id = intent.image_id or self.images.resolve(spec.image)
         image = self.images.deliver(spec.image, image_id)
         identity = spec.identity(image_id, intent.hashing)
@@ -190,7 +199,14 @@ class SwarmBackend(Backend):
                 # The same spec, but the plan found replicas missing or failed (Swarm's
                 # restart attempts spent): start its tasks afresh.
                 self._write(want, live, force=True)
-            self._wait(want["Name"], identity.config_hash, spec, stop, rollback=live is not None)
+            self._wait(
+                want["Name"],
+                identity.config_hash,
+                spec,
+                stop,
+                rollback=live is not None,
+                replicas=intent.replicas,
+            )
         return Converged(identity.config_hash, image_id)
 
     @staticmethod
@@ -237,11 +253,12 @@ class SwarmBackend(Backend):
         spec: ContainerSpec,
         stop: threading.Event,
         rollback: bool,
+        replicas: int,
     ) -> None:
-        """Until `spec.replicas` tasks of `config_hash` run (healthy) and no other does.
+        """Until `replicas` tasks of `config_hash` run (healthy) and no other does.
         Raises ConvergeFailed (a new service is removed; an update is rolled back when
         `rollback`) or Interrupted."""
-        deadline = time.monotonic() + spec.startup_timeout * max(1, spec.replicas) + UPDATE_SLACK
+        deadline = time.monotonic() + spec.startup_timeout * max(1, replicas) + UPDATE_SLACK
         unplaced_since: float | None = None
         pause = 0.1
         while True:
@@ -249,7 +266,7 @@ class SwarmBackend(Backend):
             if live is None:
                 raise ConvergeFailed(f"service {name} was removed while starting")
             tasks = self._tasks([live["ID"]])
-            if self._done(live, tasks, config_hash, spec.replicas):
+            if self._done(live, tasks, config_hash, replicas):
                 return
             state = (live.get("UpdateStatus") or {}).get("State", "")
             # Swarm keeps an update's last state; it failed this pass's configuration only
@@ -359,7 +376,8 @@ class SwarmBackend(Backend):
         self, spec: ContainerSpec, replicas: Sequence[Replica], stop: threading.Event
     ) -> None:
         if replicas:
-            self._wait(_service_of(replicas[0]), replicas[0].config_hash, spec, stop, False)
+            first = replicas[0]
+            self._wait(_service_of(first), first.config_hash, spec, stop, False, len(replicas))
 
     def update_resources(self, replicas: Iterable[Replica], spec: ContainerSpec) -> None:
         """Nothing here: resources are part of the service spec, which `converge` updates

@@ -79,7 +79,7 @@ def service_spec(
         "Name": service_name(intent.instance, d.id),
         "Labels": dict(labels),
         "TaskTemplate": task,
-        "Mode": {"Replicated": {"Replicas": spec.replicas}},
+        "Mode": {"Replicated": {"Replicas": intent.replicas}},
         "UpdateConfig": {
             "Parallelism": 1,
             "Delay": 0,
