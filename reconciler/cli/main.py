@@ -426,6 +426,29 @@ def logs_command(
     show_envvar=True,
     help="Open connections one client address may have; beyond, 503 and closed at once.",
 )
+@click.option(  # (defaults: gateway.MAX_HELD, gateway.HOLD_SECONDS)
+    "--max-held",
+    type=click.IntRange(min=0),
+    default=100,
+    show_default=True,
+    envvar="RECONCILER_MAX_HELD",
+    show_envvar=True,
+    help="Requests held per deployment while it starts from zero; beyond, 503 Retry-After.",
+)
+@click.option(
+    "--hold-timeout",
+    type=click.FloatRange(min=0.1),
+    default=120.0,
+    show_default=True,
+    envvar="RECONCILER_HOLD_TIMEOUT",
+    show_envvar=True,
+    help="Seconds a request is held while its deployment starts from zero (then 503).",
+)
+@click.option(
+    "--no-autoscale",
+    is_flag=True,
+    help="Keep replica counts as reconcile leaves them (no autoscaler, no scale to zero).",
+)
 @click.pass_context
 def serve_command(
     ctx: click.Context,
@@ -439,6 +462,9 @@ def serve_command(
     timeout: float,
     head_timeout: float,
     max_connections_per_address: int,
+    max_held: int,
+    hold_timeout: float,
+    no_autoscale: bool,
 ) -> None:
     """Deployment URLs (the inference gateway) and the AI API, with OAuth2."""
     from ..serve.server import ServeOptions, serve
@@ -455,6 +481,9 @@ def serve_command(
             timeout=timeout,
             head_timeout=head_timeout,
             max_connections_per_address=max_connections_per_address,
+            max_held=max_held,
+            hold_seconds=hold_timeout,
+            autoscale=not no_autoscale,
         )
     )
 

@@ -102,7 +102,8 @@ def status_table(items: list[dict[str, Any]]) -> str:
     from rich.text import Text
 
     table = Table(box=None, pad_edge=False, show_edge=False)
-    for column in ("NAME", "ID", "STATUS", "TARGET", "CONFIGURATION", "URL", "MESSAGE"):
+    columns = ("NAME", "ID", "STATUS", "TARGET", "REPLICAS", "CONFIGURATION", "URL", "MESSAGE")
+    for column in columns:
         table.add_column(column, overflow="fold")
     for s in items:
         name = (
@@ -113,6 +114,7 @@ def status_table(items: list[dict[str, Any]]) -> str:
             s["id"],
             s["status"],
             s["targetStatus"],
+            replicas_text(s),
             s["configurationId"],
             s["deploymentUrl"],
             s["statusMessage"],
@@ -122,6 +124,20 @@ def status_table(items: list[dict[str, Any]]) -> str:
     with console.capture() as captured:
         console.print(table)
     return "\n".join(line.rstrip() for line in captured.get().splitlines())
+
+
+def replicas_text(s: dict[str, Any]) -> str:
+    """Replicas serving / asked for, and an autoscaled deployment's bounds: "2/3 (1-4)";
+    "0/0 (0-1)" is one scaled to zero."""
+    scaling = (s.get("details") or {}).get("scaling") or {}
+    desired = scaling.get("desiredReplicas")
+    if desired is None:
+        return ""
+    text = f"{scaling.get('currentReplicas', 0)}/{desired}"
+    if scaling.get("autoscaled"):
+        predictor = (scaling.get("backendDetails") or {}).get("predictor") or {}
+        text += f" ({predictor.get('minReplicas')}-{predictor.get('maxReplicas')})"
+    return text
 
 
 def engine_lines(engine: dict[str, Any]) -> str:

@@ -19,6 +19,11 @@ replica (`lost_unanswered`).
 The table lists only replicas that pass their health check (reconciler.serve.routes): a
 deployment with none answers 503 at once, with the reason `reconciler status` gives (its
 statusMessage, e.g. "no replica ready: ..."), instead of waiting out a frozen server's timeout.
+
+Except one scaled to zero (minReplicas 0, idle): as Knative's activator, the gateway holds its
+requests, has one replica started (`wake`: the autoscaler asks for it, once however many
+requests wait) and relays them once it serves. At most `max_held` requests wait per deployment,
+for at most `hold_seconds`; beyond either, 503 with Retry-After.
 """
 
 from __future__ import annotations
@@ -43,6 +48,9 @@ MISS_REFRESH_SECONDS = 0.1
 # Retry-After of a 503 for a deployment that is expected to serve again (PENDING): KServe's
 # default readiness period, the soonest a replica's health check can say it answers again.
 RETRY_AFTER = b"retry-after: 10\r\n"
+MAX_HELD = 100  # requests held per deployment while it starts from zero
+HOLD_SECONDS = 120.0  # the longest a request is held (model servers load in seconds to minutes)
+HOLD_REFRESH_SECONDS = 0.05  # how often the table is read while a deployment starts
 # Besides hop-by-hop headers: the bearer token and resource group are the gateway's business,
 # not the model server's; Host is the replica's.
 _DROP = HOP_BY_HOP | {b"host", b"authorization", b"ai-resource-group"}
@@ -62,6 +70,14 @@ def unavailable(deployment_id: str, route: Route) -> str:
     return f"Deployment {deployment_id} is {status}: {why}"
 
 
+def _unavailable(ex: Exchange, message: str) -> None:
+    """503 with Retry-After, for a request relayed before (a retry) or not."""
+    if ex.handler is not None:  # counted in flight: its end is the relay's to report
+        ex.upstream_failed(503, message, RETRY_AFTER)
+    else:
+        ex.refuse(503, message, target=ex.req.decoded_path(), headers=RETRY_AFTER)
+
+
 class Gateway:
     """Answers exchanges whose path starts with PREFIX; the relay tells it of refused
     connections and of each exchange's end (`Relayed`)."""
@@ -73,6 +89,9 @@ class Gateway:
         authorize: Authorizer | None = None,
         observe: Observer | None = None,
         in_flight: Callable[[Mapping[str, int]], None] | None = None,
+        wake: Callable[[str], None] | None = None,
+        max_held: int = MAX_HELD,
+        hold_seconds: float = HOLD_SECONDS,
     ) -> None:
         self.table = table
         self.timeout = timeout
@@ -82,6 +101,13 @@ class Gateway:
         # Requests relayed to each deployment and not answered yet (the load an autoscaler
         # reads, Knative's "concurrency"): changed on the event loop only, read anywhere.
         self.in_flight: dict[str, int] = {}
+        # Requests that reached each deployment since the autoscaler last took the count.
+        self.arrived: dict[str, int] = {}
+        self.wake = wake  # asks for one replica of a deployment scaled to zero
+        self.max_held = max_held
+        self.hold_seconds = hold_seconds
+        self._held: dict[str, int] = {}
+        self._starting: dict[str, asyncio.Task[Route | None]] = {}
         # Observations wait here for `flush_metrics` (the relay's timer, and /metrics): each
         # request still gets its own `observe` call, but in batches, off the request's path,
         # where the metrics code runs with warm caches (per request it cost a quarter of the
@@ -113,6 +139,8 @@ class Gateway:
             ex.refuse(*refusal, target=req.decoded_path())
         elif route is None:
             ex.refuse(404, f"Deployment {ex.tag} not found", target=req.decoded_path())
+        elif route.idle:
+            ex.spawn(self._hold(ex))
         elif route.status != "RUNNING" or not route.targets:
             # PENDING (sick, restarting, being started) is expected to serve again by itself;
             # STOPPED, DEAD and the like are not: no Retry-After for those.
@@ -143,7 +171,64 @@ class Gateway:
         ex.connect_seconds = CONNECT_ATTEMPT_SECONDS
         if ex.handler is None:  # its first replica (not a retry): one more in flight
             self.in_flight[ex.tag] = self.in_flight.get(ex.tag, 0) + 1
+            self.arrived[ex.tag] = self.arrived.get(ex.tag, 0) + 1
         ex.forward(target, head, self.timeout, self)
+
+    async def _hold(self, ex: Exchange) -> None:
+        """A request for a deployment scaled to zero: held until a replica serves."""
+        dep = ex.tag
+        waiting = self._held.get(dep, 0)
+        if waiting >= self.max_held:
+            _unavailable(
+                ex,
+                f"Deployment {dep} is starting from zero and {waiting} requests wait for it "
+                "already: try again shortly",
+            )
+            return
+        self._held[dep] = waiting + 1
+        try:
+            starting = self._starting.get(dep)
+            if starting is None or starting.done():
+                if self.wake is not None:
+                    self.wake(dep)  # once per cold start, however many requests wait
+                starting = self._starting[dep] = asyncio.get_running_loop().create_task(
+                    self._until_serving(dep)
+                )
+            try:
+                route = await asyncio.wait_for(asyncio.shield(starting), self.hold_seconds)
+            except TimeoutError:
+                route = None
+        finally:
+            left = self._held[dep] - 1
+            if left:
+                self._held[dep] = left
+            else:
+                del self._held[dep]
+        if route is not None and route.status == "RUNNING" and route.targets:
+            self._forward(ex, route.pick())  # type: ignore[arg-type]
+        elif route is not None and not route.idle:
+            self._decide(ex, route)  # stopped, DEAD ... meanwhile: says why
+        else:
+            _unavailable(ex, f"Deployment {dep} did not start within {self.hold_seconds:g}s")
+
+    async def _until_serving(self, dep: str) -> Route | None:
+        """Reads the table until the deployment serves, or is no longer scaled to zero and
+        not being woken (stopped, deleted, DEAD), for at most `hold_seconds`."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.hold_seconds
+        route = self.table.get(dep)
+        while loop.time() < deadline:
+            await loop.run_in_executor(None, self.table.refresh_if_stale, HOLD_REFRESH_SECONDS)
+            route = self.table.get(dep)
+            if route is None or route.targets or route.status not in ("RUNNING", "PENDING"):
+                return route
+            await asyncio.sleep(HOLD_REFRESH_SECONDS)
+        return route
+
+    def take_arrived(self) -> dict[str, int]:
+        """Requests per deployment since the last call (the autoscaler's rate), reset."""
+        arrived, self.arrived = self.arrived, {}
+        return arrived
 
     # Relayed
 
@@ -182,7 +267,9 @@ class Gateway:
         target = fresh.pick() if fresh else None
         if fresh is not None and target in ex.avoid:
             target = next((a for a in fresh.targets if a not in ex.avoid), target)
-        if fresh is not None and fresh.status != "RUNNING":  # stopped or sick meanwhile: say so
+        if fresh is not None and fresh.idle:  # scaled to zero meanwhile: held like the first
+            await self._hold(ex)
+        elif fresh is not None and fresh.status != "RUNNING":  # stopped or sick meanwhile
             ex.upstream_failed(503, unavailable(ex.tag, fresh))
         elif target is None:
             ex.upstream_failed(503, f"Deployment {ex.tag} has no serving replica now")

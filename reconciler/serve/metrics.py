@@ -5,10 +5,14 @@ servers in one process never share counters."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client import generate_latest as _render
+
+if TYPE_CHECKING:
+    from .routes import Route
+    from .scaler import Scaler
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 # Model servers answer in milliseconds to seconds; generative ones stream for minutes.
@@ -44,6 +48,13 @@ class Metrics:
             registry=self.registry,
         )
         self._in_flight_seen: set[str] = set()
+        self.replicas = Gauge(
+            "reconciler_deployment_replicas",
+            "Replicas of a deployment: serving now (current), recorded as asked for (desired), "
+            "what the autoscaler decided last (autoscaler), and its bounds (min, max)",
+            ["deployment", "kind"],
+            registry=self.registry,
+        )
         self.passes = Counter(
             "reconciler_reconcile_passes",
             "Reconcile passes run by the server, by result",
@@ -72,6 +83,22 @@ class Metrics:
         for deployment, count in counts.items():
             self.in_flight.labels(deployment).set(count)
         self._in_flight_seen |= set(counts)
+
+    def observe_scaling(self, routes: Mapping[str, Route], scaler: Scaler | None) -> None:
+        """Replica counts per deployment, from the routing table and the autoscaler."""
+        self.replicas.clear()  # deleted deployments go
+        policies = dict(scaler.known_policies) if scaler is not None else {}
+        decisions = dict(scaler.decisions) if scaler is not None else {}
+        for dep, route in routes.items():
+            self.replicas.labels(dep, "current").set(len(route.targets))
+            if route.replicas is not None:
+                self.replicas.labels(dep, "desired").set(route.replicas)
+            if dep in policies:
+                policy = policies[dep][1]
+                self.replicas.labels(dep, "min").set(policy.min_replicas)
+                self.replicas.labels(dep, "max").set(policy.max_replicas)
+            if dep in decisions:
+                self.replicas.labels(dep, "autoscaler").set(decisions[dep].desired)
 
     def observe_pass(self, result: str, seconds: float) -> None:
         self.passes.labels(result).inc()

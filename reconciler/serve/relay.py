@@ -972,8 +972,8 @@ class Exchange:
             up.exchange = None
             up.close()
 
-    def upstream_failed(self, status: int, message: str) -> None:
-        """The model server failed (502) or timed out (504)."""
+    def upstream_failed(self, status: int, message: str, headers: bytes = b"") -> None:
+        """The model server failed (502) or timed out (504); `headers` as `refuse`'s."""
         if self.finished:
             return
         self._drop_upstream()
@@ -983,7 +983,7 @@ class Exchange:
             self._finish(close=True)
             return
         self._done(status, False)
-        self.refuse(status, message)
+        self.refuse(status, message, headers=headers)
 
     # -- ending -----------------------------------------------------------------------------
 

@@ -29,7 +29,13 @@ from ..backends import Backend, EngineUnreachable, Replica
 from ..core.lifecycle import Status
 from ..core.observe import observe
 from ..core.record import read_snapshot, snapshot_path
-from ..core.status import not_serving, routable, serving_replicas
+from ..core.status import (
+    SCALED_TO_ZERO,
+    not_serving,
+    routable,
+    scaled_to_zero,
+    serving_replicas,
+)
 from ..files import FileVersion, file_version
 
 
@@ -41,9 +47,15 @@ class Route:
     status: str
     targets: tuple[str, ...]  # host:port of each serving replica (see `relay_targets`)
     message: str = ""  # why it does not serve, when it does not (its statusMessage)
+    replicas: int | None = None  # the recorded count (0: scaled to zero)
     _turn: itertools.count = field(  # round-robin position, shared by all requests
         default_factory=itertools.count, compare=False, repr=False
     )
+
+    @property
+    def idle(self) -> bool:
+        """Scaled to zero: a request is held while a replica starts."""
+        return self.status == Status.RUNNING and self.replicas == 0 and not self.targets
 
     def pick(self) -> str | None:
         if not self.targets:
@@ -69,12 +81,16 @@ def build_routes(root: Path, instance: str, backend: Backend, publish: str) -> d
         targets = relay_targets(routable(rec, containers), endpoints)
         if rec:
             status, message = rec.status, rec.status_message or ""
-            if status == Status.RUNNING and not targets:
+            if status == Status.RUNNING and not targets and scaled_to_zero(rec):
+                message = SCALED_TO_ZERO
+            elif status == Status.RUNNING and not targets:
                 # Removed or stopped by hand (the next reconcile restores it), or no replica
                 # passes its health check (it serves again when one does): as status says.
                 status = Status.PENDING
                 message = not_serving(rec, containers) or "no replica reachable from this host"
-            routes[dep_id] = Route(dep_id, rec.name, rec.resource_group, status, targets, message)
+            routes[dep_id] = Route(
+                dep_id, rec.name, rec.resource_group, status, targets, message, rec.replicas
+            )
         else:  # containers of a pass that has not recorded anything yet
             c = containers[0]
             routes[dep_id] = Route(
@@ -104,6 +120,9 @@ class RouteTable:
 
     def get(self, deployment_id: str) -> Route | None:
         return self._routes.get(deployment_id)
+
+    def all(self) -> Mapping[str, Route]:
+        return self._routes
 
     def refresh_if_stale(self, seconds: float) -> None:
         """Refresh if the snapshot changed since the last refresh, or that is `seconds` old.

@@ -35,10 +35,11 @@ from typing import Any
 from ..api.app import ApiContext, ApiError, authenticate, create_app
 from ..api.auth import Credentials, default_credentials_path
 from ..backends import connect
+from ..core.autoscale import Decision
 from ..core.triggers import Triggers, describe
 from ..errors import UserError
 from ..manifests.desired import desired_state
-from .gateway import PREFIX, Gateway
+from .gateway import HOLD_SECONDS, MAX_HELD, PREFIX, Gateway
 from .metrics import CONTENT_TYPE, Metrics
 from .relay import (
     HEAD_SECONDS,
@@ -50,6 +51,7 @@ from .relay import (
     request_head,
 )
 from .routes import Route, RouteTable
+from .scaler import Scaler
 
 REFRESH_SECONDS = 0.5
 _PREFIX = PREFIX.encode()
@@ -77,22 +79,33 @@ class ServeOptions:
     refresh_seconds: float = REFRESH_SECONDS
     head_timeout: float = HEAD_SECONDS  # a request head must be whole this long after it began
     max_connections_per_address: int = MAX_PER_ADDRESS  # beyond, refused (503) at once
+    max_held: int = MAX_HELD  # requests held per deployment while it starts from zero
+    hold_seconds: float = HOLD_SECONDS  # the longest one is held
+    autoscale: bool = True  # run the autoscaler (off: counts stay as reconcile leaves them)
 
 
 class BackgroundReconciler:
-    """Runs reconcile passes after API writes: one at a time, and requests that arrive during a
-    pass are folded into one next pass (level-triggered: each pass converges everything)."""
+    """Runs reconcile passes after API writes and the autoscaler's requests: one at a time, and
+    requests that arrive during a pass are folded into one next pass (level-triggered: each
+    pass converges everything; of several counts asked for one deployment, the last stands)."""
 
     def __init__(self, root: Path, metrics: Metrics) -> None:
         self.root = root
         self.metrics = metrics
         self._triggers = Triggers()
+        self._scales: dict[str, Decision] = {}
+        self._scales_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="reconcile", daemon=True)
         self._thread.start()
 
     def trigger(self, reason: str) -> None:
         self._triggers.add("api", reason)
+
+    def scale(self, deployment_id: str, decision: Decision) -> None:
+        with self._scales_lock:
+            self._scales[deployment_id] = decision
+        self._triggers.add("autoscaler", deployment_id)
 
     def close(self) -> None:
         self._stop.set()
@@ -107,9 +120,20 @@ class BackgroundReconciler:
             if not reasons or self._stop.is_set():
                 continue
             why = "; ".join(describe(reasons))
+            with self._scales_lock:
+                scales, self._scales = self._scales, {}
             started = time.monotonic()
             try:
-                result = reconcile(self.root, trigger=why, stop=self._stop, lock_wait=600)
+                result = reconcile(
+                    self.root, trigger=why, stop=self._stop, lock_wait=600, scales=scales
+                )
+                for warning in result.plan.warnings:
+                    log.warning("%s", warning)
+                for change in result.plan.changes:
+                    if change.unplaced:
+                        log.warning("scale %s: %s", change.name, change.unplaced)
+                for failed in (o for o in result.outcomes if not o.ok):
+                    log.warning("reconcile after %s: %s", why, failed.describe())
                 outcome = "converged" if result.converged else "failed"
             except UserError as exc:  # invalid manifests, engine down, lock held too long
                 log.warning("reconcile after %s: %s", why, exc)
@@ -138,14 +162,20 @@ class App:
                 )
         self.metrics = Metrics()
         self.table = RouteTable(options.root, repo.instance, repo.settings.publish_address, backend)
+        self.reconciler = BackgroundReconciler(options.root, self.metrics)
         self.gateway = Gateway(
             self.table,
             timeout=options.timeout,
             authorize=self._authorize,
             observe=self.metrics.observe_request,
             in_flight=self.metrics.observe_in_flight,
+            max_held=options.max_held,
+            hold_seconds=options.hold_seconds,
         )
-        self.reconciler = BackgroundReconciler(options.root, self.metrics)
+        self.scaler: Scaler | None = None
+        if options.autoscale:
+            self.scaler = Scaler(options.root, self.gateway, self.table, self.reconciler.scale)
+            self.gateway.wake = self.scaler.wake
         self.context = ApiContext(
             options.root, backend, self.credentials, self.reconciler.trigger, options.api_url
         )
@@ -181,6 +211,7 @@ class App:
         @self.api.get("/metrics", include_in_schema=False)
         def metrics() -> Any:
             self.gateway.flush_metrics()  # the inference requests up to now, to the last one
+            self.metrics.observe_scaling(self.table.all(), self.scaler)
             return Response(self.metrics.render(), media_type=CONTENT_TYPE)
 
     def dispatch(self, ex: Exchange) -> None:
@@ -203,12 +234,16 @@ class App:
             if message["type"] == "lifespan.startup":
                 await asyncio.get_running_loop().run_in_executor(None, self.table.refresh)
                 self._refresher = asyncio.create_task(self._refresh_forever())
+                if self.scaler is not None:
+                    self.scaler.start()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 if self._refresher:
                     self._refresher.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await self._refresher
+                if self.scaler is not None:
+                    await asyncio.get_running_loop().run_in_executor(None, self.scaler.close)
                 await asyncio.get_running_loop().run_in_executor(None, self.reconciler.close)
                 await send({"type": "lifespan.shutdown.complete"})
                 return
