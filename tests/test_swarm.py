@@ -131,9 +131,12 @@ class Swarm:
         )
 
 
-def post(url: str, body: Any) -> tuple[int, Any]:
+def post(url: str, body: Any, timeout: float = 10.0) -> tuple[int, Any]:
     code, _, raw = request(
-        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+        url,
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+        timeout=timeout,
     )
     try:
         return code, json.loads(raw)
@@ -452,3 +455,87 @@ def test_a_deployment_set_to_stopped_is_stopped_and_its_service_removed(swarm):
     stopped = swarm.server.base + f"/v2/inference/deployments/{one_id}/v1/models/churn:predict"
     code, body = post(stopped, {"instances": [[0] * 8]})
     assert code == 503 and "STOPPED" in str(body), body
+
+
+ELASTIC_MANIFESTS = """
+apiVersion: reconciler/v1
+kind: Configuration
+metadata: {name: churn-elastic}
+spec:
+  executableId: churn-elastic-serving
+  scenarioId: churn
+  versionId: "1"
+  inputArtifactBindings: [{key: churnmodel, artifactId: churn-model-v1}]
+---
+apiVersion: reconciler/v1
+kind: Deployment
+metadata: {name: elastic}
+spec: {configurationId: churn-elastic}
+"""
+
+
+def test_an_autoscaled_deployment_goes_to_zero_comes_back_on_a_request_and_scales_up(swarm):
+    """Issue 17 on Swarm: the count is the service's; at zero there is no service at all."""
+    text = (PROJECT / "templates/churn-serving.yaml").read_text()
+    annotations = "        autoscaling.knative.dev/target: 1\n"
+    assert annotations in text and "minReplicas: 1\n        maxReplicas: 1" in text
+    text = text.replace("name: churn-serving", "name: churn-elastic-serving")
+    text = text.replace(
+        annotations,
+        annotations + "        autoscaling.knative.dev/target-utilization-percentage: 100\n"
+        "        autoscaling.knative.dev/window: 6s\n"
+        "        autoscaling.knative.dev/scale-to-zero-grace-period: 2s\n",
+    )
+    text = text.replace(
+        "minReplicas: 1\n        maxReplicas: 1", "minReplicas: 0\n        maxReplicas: 2"
+    )
+    (swarm.root / "templates/churn-elastic.yaml").write_text(text)
+    (swarm.root / "manifests/elastic.yaml").write_text(ELASTIC_MANIFESTS)
+    swarm.commit("an autoscaled churn")
+    result = swarm.reconcile()
+    assert result.code == 0, result.out + result.err
+    dep_id = swarm.deployment("elastic")["id"]
+
+    def replicas() -> int | None:
+        """The service's replica count; None: no service."""
+        found = [s for s in swarm.services() if s.name.endswith(dep_id)]
+        return found[0].attrs["Spec"]["Mode"]["Replicated"]["Replicas"] if found else None
+
+    assert replicas() == 1  # a new configuration starts one
+    wait_for(lambda: replicas() is None, timeout=60, what="the service gone at zero")
+    elastic = swarm.deployment("elastic")
+    assert elastic["status"] == "RUNNING", elastic
+    assert elastic["details"]["scaling"]["desiredReplicas"] == 0, elastic
+    assert cli("plan", "--root", swarm.root).out.strip().endswith("Plan: no changes.")
+    time.sleep(1)  # the gateway's table has caught up
+
+    url = swarm.url("elastic") + "/v1/models/churn:predict"
+    # Held while the service comes back: on Swarm a task counts as running only once its
+    # health check passed, and the nodes' Docker (20.10) runs the first check one period
+    # (KServe's default 10 s) after the start.
+    code, body = post(url, {"instances": [list(RECORD.values())]}, timeout=60)
+    assert code == 200, body
+    assert replicas() == 1
+
+    most = 0
+    with Load(url, clients=4) as load:
+
+        def two() -> bool:
+            nonlocal most
+            count = replicas() or 0
+            most = max(most, count)
+            return count == 2
+
+        wait_for(two, timeout=60, what="2 replicas under load")
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            most = max(most, replicas() or 0)
+            time.sleep(0.5)
+    assert most == 2, most  # maxReplicas
+    assert load.failures == [], load.failures[:5]
+
+    def both_ready() -> bool:  # (a new task is ready after its first health check)
+        running = swarm.deployment("elastic")["details"]["replicas"]
+        return sum(1 for r in running if r["ready"]) == 2
+
+    wait_for(both_ready, timeout=60, what="2 ready replicas")
