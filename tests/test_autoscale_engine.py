@@ -55,6 +55,8 @@ spec:
         mkdir -p /www/cgi-bin;
         printf '#!/bin/sh\\nsleep "${QUERY_STRING:-0}"\\nprintf "Content-Type: text/plain\\\\r\\\\n\\\\r\\\\n"\\nhostname\\n'
         >/www/cgi-bin/work; chmod +x /www/cgi-bin/work; exec /bin/serve
+    env:
+      READY_DELAY: "1"  # it listens 1 s after the start, as a model server loads its model
     replicas: "{{ inputs.parameters.min }}"
     maxReplicas: "{{ inputs.parameters.max }}"
     startupTimeout: 30

@@ -150,20 +150,32 @@ def test_stopped_containers_are_still_drift_not_health(root):
     assert out["details"]["replicas"][0]["message"] == "exited with code 3"
 
 
-def test_starting_replicas_serve_a_running_deployment_only_when_none_is_ready(root):
-    """Right after an update the reconciler has seen the new replicas answer and recorded them
-    RUNNING, while the engine's own check may not have given its first verdict yet: they are
-    taken at the reconciler's word. A replica restarted by its engine (starting again) is passed
-    over while another one is ready."""
+def test_starting_replicas_seen_answering_serve_and_ones_restarted_since_do_not(root):
+    """Right after an update (or a scale-up) the reconciler has seen the new replicas answer
+    and recorded them RUNNING, while the engine's own check may not have given its first
+    verdict yet: they are taken at the reconciler's word, beside replicas that are ready. A
+    replica restarted by its engine since (starting again) is passed over until its check
+    passes."""
     desired, d = web(root, replicas=2)
-    rec = record(d, modified_at=ago(seconds=1))  # recorded RUNNING once it saw them answer
+    rec = record(d, ready_at=ago(seconds=1))  # recorded RUNNING once it saw them answer
     up_before = (NOW - timedelta(seconds=5)).timestamp()
     fresh = [replica(d, index=i, health=HEALTH_STARTING, started=up_before) for i in (0, 1)]
     assert routable(rec, fresh) == fresh
     assert status_of(desired, rec, *fresh)["status"] == "RUNNING"
 
     good = well(d, 1)
-    assert routable(rec, [fresh[0], good]) == [good]
+    assert routable(rec, [fresh[0], good]) == [fresh[0], good]  # a scale-up's new replica
+    restarted = replica(d, index=0, health=HEALTH_STARTING, started=NOW.timestamp() + 10)
+    assert routable(rec, [restarted, good]) == [good]
+    assert routable(rec, [restarted]) == []
+
+    # A record of before `readyAt`: its last change stands in for it.
+    old = record(d, modified_at=ago(seconds=1))
+    assert routable(old, fresh) == fresh
+
+    # Replicas a scale-down retires are drained: not routed while they stop.
+    draining = record(d, ready_at=ago(seconds=1), retiring=(good.id,))
+    assert routable(draining, [fresh[0], good]) == [fresh[0]]
 
     # not RUNNING yet (the first start): starting is not ready
     pending = record(d, status="PENDING")

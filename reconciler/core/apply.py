@@ -168,7 +168,13 @@ class Applier:
             record = self._failed(change, failed)
             return self._outcome(change, False, record.status, record.status_message, started)
         # Recorded first, so that gateways route to the new replicas before the old ones go.
-        record = self._running(d, converged.config_hash, change.gpus, change)
+        record = self._running(
+            d,
+            converged.config_hash,
+            change.gpus,
+            change,
+            retiring=tuple(c.id for c in converged.retire),
+        )
         if any(c.alive for c in converged.retire) and self.drain_seconds:
             self.stop.wait(self.drain_seconds)
         self.backend.stop(converged.retire, d.spec.stop_timeout)
@@ -366,6 +372,7 @@ class Applier:
         gpus: tuple[str, ...],
         change: Change | None = None,
         replicas: int | None = None,
+        retiring: tuple[str, ...] = (),
     ) -> Record:
         record = self.recorder.get(d.id) or self._new_record(d)
         stamp = iso(now())
@@ -394,6 +401,8 @@ class Applier:
             gpus=gpus or record.gpus,
             last_logs=(),
             modified_at=stamp,
+            ready_at=stamp,
+            retiring=retiring,
             **scale,
         )
 

@@ -79,6 +79,11 @@ class Record:
     restores: int = 0
     last_restore: str | None = None
     replicas: int | None = None  # how many run (an autoscaled count is runtime state)
+    # When a pass last saw the replicas answer and recorded them (routing trusts replicas
+    # started before it while their engine's first health check is pending).
+    ready_at: str | None = None
+    # Replicas the last pass retired (a scale-down): drained, so not routed, until they stop.
+    retiring: tuple[str, ...] = ()
     scaled_at: str | None = None  # the last change of an autoscaled count, and why
     scale_reason: str | None = None
     gpus: tuple[str, ...] = ()
@@ -95,6 +100,7 @@ class Record:
         data = asdict(self)
         data["gpus"] = list(self.gpus)
         data["last_logs"] = list(self.last_logs)
+        data["retiring"] = list(self.retiring)
         data["updated_resources"] = {k: dict(v) for k, v in self.updated_resources.items()}
         return {_camel(k): v for k, v in sorted(data.items())}
 
@@ -104,6 +110,7 @@ class Record:
         values = {_snake(k): v for k, v in data.items() if _snake(k) in known}
         values["gpus"] = tuple(values.get("gpus") or ())
         values["last_logs"] = tuple(values.get("last_logs") or ())
+        values["retiring"] = tuple(values.get("retiring") or ())
         return cls(**values)
 
 

@@ -86,16 +86,17 @@ def ready(c: Replica) -> bool:
 
 
 def routable(rec: Record | None, containers: list[Replica]) -> list[Replica]:
-    """The replicas that serve a deployment now (of `serving`'s configuration): the ready ones.
-    When none is, a RUNNING deployment's replicas still waiting for their health check's first
-    verdict (starting) serve: the reconciler saw them answer before it recorded RUNNING (right
-    after an update the engine's own check may not have run yet, and the old replicas are
-    retiring), so they are taken at that word until the check says otherwise. A replica
-    restarted by its engine is starting too, but it is passed over while another is ready."""
-    current = [c for c in serving(rec, containers) if c.running]
-    found = [c for c in current if ready(c)]
-    if found or not rec or rec.status != Status.RUNNING:
-        return found
+    """The replicas that serve a deployment now (of `serving`'s configuration, less those a
+    pass is retiring): the ready ones, and those the reconciler saw answer before it recorded
+    RUNNING whose engine's health check has not given its first verdict yet (`starting`: right
+    after a pass started them, Docker's first check comes one period later). A replica that
+    started after that (its engine restarted it) has been seen answering by no one: it serves
+    once its check passes."""
+    current = [
+        c for c in serving(rec, containers) if c.running and not (rec and c.id in rec.retiring)
+    ]
+    if not rec or rec.status != Status.RUNNING:
+        return [c for c in current if ready(c)]
     if not current:
         # An engine that replaces replicas itself (Swarm's rolling update) may have retired
         # the recorded configuration's last replica before the pass records the new one: the
@@ -103,8 +104,11 @@ def routable(rec: Record | None, containers: list[Replica]) -> list[Replica]:
         # recorded one runs: right after Docker's update is recorded, the old replicas are
         # still ready but about to go.)
         return [c for c in containers if ready(c)]
-    seen = parse_iso(rec.modified_at)  # when the reconciler last recorded it answering
-    return [c for c in current if c.health == HEALTH_STARTING and _seen_since(c, seen)]
+    # When the reconciler last saw its replicas answer (older records: their last change).
+    seen = parse_iso(rec.ready_at or rec.modified_at)
+    return [
+        c for c in current if ready(c) or (c.health == HEALTH_STARTING and _seen_since(c, seen))
+    ]
 
 
 def _seen_since(c: Replica, seen: datetime | None) -> bool:

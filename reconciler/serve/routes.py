@@ -78,7 +78,10 @@ def build_routes(root: Path, instance: str, backend: Backend, publish: str) -> d
     for dep_id in set(snapshot.records) | set(by_dep):
         rec = snapshot.records.get(dep_id)
         containers = by_dep.get(dep_id, [])
-        targets = relay_targets(routable(rec, containers), endpoints)
+        # A deployment recorded at zero serves nothing yet: a replica being woken counts only
+        # once the pass saw it ready and recorded it (requests are held meanwhile).
+        serving_now = [] if scaled_to_zero(rec) else routable(rec, containers)
+        targets = relay_targets(serving_now, endpoints)
         if rec:
             status, message = rec.status, rec.status_message or ""
             if status == Status.RUNNING and not targets and scaled_to_zero(rec):
