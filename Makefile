@@ -57,6 +57,7 @@ bench: $(STAMP) images
 	$(BIN)/python bench/validate_1000.py 1000
 	$(BIN)/python bench/reconcile_vs_compose.py 100
 	$(BIN)/python bench/inference_latency.py
+	$(BIN)/python bench/autoscale.py
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache
