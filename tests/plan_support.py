@@ -270,10 +270,12 @@ def planned(
     images: dict[str, str] | None = None,
     allow_empty: bool = False,
     scales: dict[str, Decision] | None = None,
+    memory: int | None = None,
 ) -> Plan:
     observed = Observed(
         tuple(containers),
         images if images is not None else {IMAGE: IMAGE_ID, LLM_IMAGE: LLM_IMAGE_ID},
+        memory,
     )
     snapshot = Snapshot(INSTANCE, {r.id: r for r in records})
     return plan(desired, observed, snapshot, now, allow_empty, hashing=HASHING, scales=scales)

@@ -159,3 +159,24 @@ def test_a_scale_up_takes_only_free_gpus_and_reports_the_rest(root: Root):
     assert change.create == (1,) and change.gpus == ("GPU-2",) and change.replicas == 2
     unplaced = "2 replica(s) not placed: needs 1 GPU(s) each, 1 of the inventory free"
     assert change.unplaced == unplaced and change.cause.endswith(unplaced)
+
+
+def test_a_scale_up_stays_within_the_hosts_memory(root: Root):
+    desired = scaled(root)
+    d = desired.deployments[0]
+    each = d.spec.memory
+    running = [replica(d, index=0)]
+    rec = record(d, replicas=1)
+    up = {d.id: Decision(4, "burst")}
+    roomy = one_change(desired, *running, records=[rec], scales=up, memory=8 * each)
+    assert roomy.create == (1, 2, 3) and roomy.unplaced is None
+    # Room for one more beside the one that runs (limits count, as the host must honour them)
+    tight = one_change(desired, *running, records=[rec], scales=up, memory=int(2.5 * each))
+    assert tight.create == (1,) and tight.replicas == 2 and tight.failure is None
+    assert tight.unplaced is not None and tight.unplaced.startswith("2 replica(s) not placed")
+    assert "GiB of memory each" in tight.unplaced
+    # A fixed count is the operator's explicit wish: never trimmed here.
+    fixed = scaled(root, min="3", max="3")
+    df = fixed.deployments[0]
+    change = one_change(fixed, records=[record(df, replicas=None, status="PENDING")], memory=each)
+    assert change.create == (0, 1, 2)

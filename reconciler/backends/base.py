@@ -133,6 +133,9 @@ class Observed:
 
     containers: tuple[Replica, ...]
     images: Mapping[str, str]  # normalized image reference -> image id
+    # The host's memory in bytes, for fitting scale-ups (None: not asked, or the engine
+    # places replicas itself against reservations, as Swarm does).
+    memory: int | None = None
 
     def by_deployment(self) -> dict[str, list[Replica]]:
         out: dict[str, list[Replica]] = {}
@@ -318,6 +321,11 @@ class Backend(ABC):
     @abstractmethod
     def watching(self, instance: str) -> str:
         """Which events `events` reports, in words for the watch loop's first log line."""
+
+    def host_memory(self) -> int | None:
+        """The memory of the host replicas run on, in bytes, for fitting scale-ups; None
+        where the engine places replicas itself against reservations (Swarm)."""
+        return None
 
     def engine_info(self) -> dict[str, Any]:
         """What the engine is, for `reconciler status`: at least its kind and where it is

@@ -245,6 +245,8 @@ def plan(
     changes += _deletions(desired, by_dep, snapshot, allow_empty)
     if desired.repo.settings.gpus:
         changes = _assign_gpus(changes, observed, desired.repo.settings.gpus)
+    if observed.memory and any(scale_up(c) for c in changes):
+        changes = _fit_memory(changes, observed, observed.memory)
     return Plan(
         tuple(changes),
         tuple(problems),
@@ -948,25 +950,14 @@ def _assign_gpus(
             assigned[change.deployment_id] = replace(change, gpus=taken)
             held |= set(taken)
             continue
-        if change.action == Action.UPDATE and change.desired and change.desired.spec.autoscaled:
+        if scale_up(change):
             # More replicas for the load: as many as the free GPUs allow, the rest reported
             # (the deployment serves on; the autoscaler asks again later, not in a loop).
             fit = len(free) // spec.gpus
             taken = tuple(free[: fit * spec.gpus])
             held |= set(taken)
-            short = len(change.create) - fit
-            unplaced = (
-                f"{short} replica(s) not placed: needs {spec.gpus} GPU(s) each, "
-                f"{len(free)} of the inventory free"
-            )
-            assigned[change.deployment_id] = replace(
-                change,
-                create=change.create[:fit],
-                gpus=taken,
-                replicas=change.replicas - short,
-                cause=f"{change.cause}; {unplaced}",
-                unplaced=unplaced,
-            )
+            why = f"needs {spec.gpus} GPU(s) each, {len(free)} of the inventory free"
+            assigned[change.deployment_id] = replace(_trimmed(change, fit, why), gpus=taken)
             continue
         retiring = [g for c in change.retire for g in c.gpus]
         pool = [g for g in inventory if g in set(free) | set(retiring)]
@@ -981,3 +972,64 @@ def _assign_gpus(
             f"({', '.join(inventory)}) free",
         )
     return [assigned.get(c.deployment_id, c) for c in changes]
+
+
+def scale_up(change: Change) -> bool:
+    """An autoscaled deployment's update that adds replicas (the autoscaler's, or new
+    bounds): one that may do less than asked rather than fail."""
+    d = change.desired
+    return (
+        change.action == Action.UPDATE
+        and bool(change.create)
+        and d is not None
+        and (d.spec.autoscaled)
+    )
+
+
+def _trimmed(change: Change, fit: int, why: str) -> Change:
+    """`change` adding only the first `fit` of its new replicas; the rest said, not failed."""
+    short = len(change.create) - fit
+    unplaced = f"{short} replica(s) not placed: {why}"
+    return replace(
+        change,
+        create=change.create[:fit],
+        replicas=change.replicas - short,
+        cause=f"{change.cause}; {unplaced}",
+        unplaced=unplaced,
+    )
+
+
+def _fit_memory(changes: list[Change], observed: Observed, memory: int) -> list[Change]:
+    """Scale-ups add replicas only as far as the host's memory goes: the memory limits of
+    this instance's replicas that stay, of other changes' new replicas, and of the added ones
+    stay within `memory` (other containers on the host are not counted: their limits are not
+    ours to know). Docker lets limits add up beyond the host; an autoscaler must not."""
+    going = {c.id for ch in changes for c in (*ch.retire, *ch.remove_first)}
+    used = sum(
+        int(c.resources.get("memory") or 0)
+        for c in observed.containers
+        if c.alive and c.id not in going
+    )
+    used += sum(
+        ch.desired.spec.memory * len(ch.create)
+        for ch in changes
+        if ch.desired is not None and not scale_up(ch)
+    )
+    out = []
+    for change in changes:
+        need = change.desired.spec.memory if change.desired is not None else 0
+        if not scale_up(change) or need <= 0:
+            out.append(change)
+            continue
+        fit = min(len(change.create), max(0, (memory - used) // need))
+        used += fit * need
+        if fit < len(change.create):
+            free = max(0, memory - used) / 1024**3
+            change = _trimmed(
+                change,
+                fit,
+                f"needs {need / 1024**3:.3g} GiB of memory each, {free:.3g} GiB of the "
+                f"host's {memory / 1024**3:.3g} GiB not taken by this instance's replicas",
+            )
+        out.append(change)
+    return out

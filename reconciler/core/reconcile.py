@@ -11,7 +11,7 @@ import functools
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..backends import Backend, Observed, connect
@@ -24,7 +24,7 @@ from ..manifests.spec import Hashing
 from .apply import DEFAULT_PARALLEL, SCHEDULED_PARALLEL, Outcome, Reporter, apply_plan
 from .autoscale import Decision
 from .observe import observe
-from .plan import Plan, plan
+from .plan import Plan, plan, scale_up
 from .record import (
     Recorder,
     Snapshot,
@@ -93,9 +93,24 @@ def _preview(
     snapshot = read_snapshot(root, desired.repo.instance)
     observed = observe(backend, desired.repo.instance)
     hashing = instance_hashing(desired.repo.instance)
+    moment = now()
     the_plan = plan(
-        desired, observed, snapshot, now(), allow_empty, revision, hashing=hashing, scales=scales
+        desired, observed, snapshot, moment, allow_empty, revision, hashing=hashing, scales=scales
     )
+    if any(scale_up(c) for c in the_plan.changes) and (memory := backend.host_memory()):
+        # Replicas added for the load must fit the host: planned again knowing its memory
+        # (asked only now: the engine's answer costs more than observing).
+        observed = replace(observed, memory=memory)
+        the_plan = plan(
+            desired,
+            observed,
+            snapshot,
+            moment,
+            allow_empty,
+            revision,
+            hashing=hashing,
+            scales=scales,
+        )
     return Preview(desired, observed, snapshot, the_plan)
 
 

@@ -79,6 +79,7 @@ class DockerBackend(StartFirstBackend):
         # said: Docker shows them unhealthy for good, and an image never gains a tool, so they
         # are inspected once, not on every observe (the routing table observes twice a second).
         self._unprobeable: dict[str, str] = {}
+        self._host_memory: int | None = None
 
     # -- observing --------------------------------------------------------------------------
 
@@ -97,6 +98,13 @@ class DockerBackend(StartFirstBackend):
         )
         ids = image_ids(self.engine.images()) if images else {}
         return Observed(replicas, MappingProxyType(ids))
+
+    def host_memory(self) -> int | None:
+        """Asked once (it does not change under a running engine), and only when a plan
+        scales up: /info costs more than the whole observe."""
+        if self._host_memory is None:
+            self._host_memory = int(self.engine.get("/info", {}).get("MemTotal") or 0)
+        return self._host_memory or None
 
     def _inspected(self, c: Replica) -> Replica:
         if c.state == "restarting":
