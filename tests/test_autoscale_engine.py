@@ -26,6 +26,8 @@ from tests.engine_support import (
     settings,
     wait_for,
 )
+from tests.test_ai_api import add_client
+from tests.test_auth_security import token
 
 pytestmark = pytest.mark.engine
 
@@ -232,6 +234,50 @@ def test_scale_to_zero_and_the_first_request_is_held_until_a_replica_serves(
         assert log.count("a request came while scaled to zero") == wakes_before + 1, log
         assert len(host.containers()) - created_before <= 2  # maxReplicas: the load may ask 2
         assert f"scale work ({dep_id}): 0 → 1 replicas: a request came while scaled to zero" in log
+    finally:
+        server.stop()
+        host.cleanup()
+
+
+def test_only_a_caller_allowed_to_use_a_deployment_wakes_it_from_zero(tmp_path, docker_client):
+    """A cold start costs the host a container (and maybe a GPU): a request without a valid
+    token, or from a tenant of another resource group, is refused before anything starts (an
+    attacker could otherwise keep every idle model loaded)."""
+    root = tmp_path / "repo"
+    (root / "manifests").mkdir(parents=True)
+    (root / "templates").mkdir()
+    (root / "templates/work.yaml").write_text(WORK_TEMPLATE)
+    instance = f"t{time.monotonic_ns() % 10**10}"
+    port = free_port()
+    (root / "manifests/settings.yaml").write_text(
+        settings(instance, f"  apiUrl: http://127.0.0.1:{port}\n")
+    )
+    host = Host(root, instance, docker_client)
+    credentials = tmp_path / "secrets" / "clients.json"
+    mine = add_client(root, credentials, "team-a", "default")
+    other = add_client(root, credentials, "team-b", "other-group")
+    server = Server(root, "--credentials", str(credentials), port=port)
+    try:
+        _declare(host, 0, 1)
+        host.reconcile()
+        url = host.status()["work"]["deploymentUrl"] + "/cgi-bin/work?0"
+        wait_for(lambda: _running(host) == 0, timeout=30, what="scale to zero")
+        time.sleep(1)
+
+        assert request(url)[0] == 401
+        assert request(url, headers={"Authorization": "Bearer forged.token.here"})[0] == 401
+        theirs = {"Authorization": f"Bearer {token(port, other)}"}
+        assert request(url, headers={**theirs, "AI-Resource-Group": "other-group"})[0] == 404
+        assert request(url, headers=theirs)[0] in (403, 404)
+        time.sleep(3)  # (a wake would have started a container by now)
+        assert _running(host) == 0
+        assert "a request came while scaled to zero" not in server.log.read_text()
+
+        code, _, body = request(
+            url, headers={"Authorization": f"Bearer {token(port, mine)}"}, timeout=60
+        )
+        assert code == 200, body
+        assert _running(host) == 1
     finally:
         server.stop()
         host.cleanup()
