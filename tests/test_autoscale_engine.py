@@ -155,7 +155,7 @@ def test_replicas_follow_the_load_within_the_bounds_and_reconcile_keeps_them(
             assert [c["cause"] for c in planned] == ["replicas 3 → 2"], planned
             host.reconcile()
             assert _running(host) == 2
-            until = time.monotonic() + 7  # the autoscaler reads the manifests every 5 s
+            until = time.monotonic() + 7  # (it reads the bounds again after the pass)
             while time.monotonic() < until:
                 assert _running(host) <= 2
                 time.sleep(0.2)

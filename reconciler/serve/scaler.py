@@ -9,8 +9,10 @@ time, so `reconcile` and `watch` never fight it (the count is runtime state the 
 reconciler.core.plan.planned_replicas). Each decision that asks for a change is one log line
 with its reason.
 
-The policies (bounds and annotations) are read from the manifests every `POLICY_SECONDS`, so a
-change of the bounds in git reaches the autoscaler without a restart. A count asked for that
+The policies (bounds and annotations) are read from the manifests again after each reconcile
+pass (the state snapshot changed: new bounds apply with a pass, the planner's clamp too) and
+every `POLICY_SECONDS` in any case, so a change of the bounds in git reaches the autoscaler
+without a restart, and a large repository is not rendered every few seconds. A count asked for that
 the pass could not reach (no free GPU, a replica that failed to start) is asked for again only
 after `RETRY_SECONDS`: reported, not retried in a loop.
 """
@@ -25,13 +27,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..core.autoscale import Autoscaler, Decision, Policy
+from ..core.record import snapshot_path
 from ..errors import UserError
+from ..files import FileVersion, file_version
 from ..manifests.desired import desired_state
 from .gateway import Gateway
 from .routes import RouteTable
 
 TICK_SECONDS = 1.0
-POLICY_SECONDS = 5.0
+POLICY_SECONDS = 60.0
 RETRY_SECONDS = 30.0
 
 log = logging.getLogger("reconciler.autoscaler")
@@ -65,6 +69,7 @@ class Scaler:
         self._lock = threading.Lock()  # the tick (its thread) and wake (the event loop)
         self._policies: dict[str, tuple[str, Policy]] = {}  # id → (name, policy)
         self._policies_at = -POLICY_SECONDS
+        self._snapshot: FileVersion | None = None  # the state snapshot the policies follow
         self._scalers: dict[str, Autoscaler] = {}
         self._asked: dict[str, _Asked] = {}
         self.decisions: dict[str, Decision] = {}  # the last one per deployment (metrics)
@@ -95,8 +100,9 @@ class Scaler:
         """The autoscaled deployments' policies, re-read from the manifests now and then (the
         last good ones while the manifests do not load)."""
         now = self.clock()
-        if now - self._policies_at >= POLICY_SECONDS:
-            self._policies_at = now
+        stamp = self._snapshot_stamp()
+        if stamp != self._snapshot or now - self._policies_at >= POLICY_SECONDS:
+            self._policies_at, self._snapshot = now, stamp
             try:
                 desired = desired_state(self.root)
             except UserError as exc:
@@ -147,6 +153,12 @@ class Scaler:
             self.decisions[dep] = decision
             name = self._policies.get(dep, (dep, None))[0]
             self._maybe_ask(dep, name, 0, decision, self.clock())
+
+    def _snapshot_stamp(self) -> FileVersion | None:
+        try:
+            return file_version(snapshot_path(self.root))
+        except OSError:
+            return None
 
     def _scaler(self, dep: str, policy: Policy, now: float, replicas: int) -> Autoscaler:
         scaler = self._scalers.get(dep)
