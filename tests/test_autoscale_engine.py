@@ -66,7 +66,9 @@ spec:
 """
 
 
-def _host(tmp_path: Path, docker_client, *serve_args: str) -> tuple[Host, Server]:
+def _root(tmp_path: Path, docker_client) -> tuple[Host, int]:
+    """A GitOps root with the work template, on an instance of its own, whose deployment URLs
+    are those of a serve on the port returned."""
     root = tmp_path / "repo"
     (root / "manifests").mkdir(parents=True)
     (root / "templates").mkdir()
@@ -76,9 +78,12 @@ def _host(tmp_path: Path, docker_client, *serve_args: str) -> tuple[Host, Server
     (root / "manifests/settings.yaml").write_text(
         settings(instance, f"  apiUrl: http://127.0.0.1:{port}\n")
     )
-    host = Host(root, instance, docker_client)
-    server = Server(root, "--no-auth", *serve_args, port=port)
-    return host, server
+    return Host(root, instance, docker_client), port
+
+
+def _host(tmp_path: Path, docker_client, *serve_args: str) -> tuple[Host, Server]:
+    host, port = _root(tmp_path, docker_client)
+    return host, Server(host.root, "--no-auth", *serve_args, port=port)
 
 
 def _declare(host: Host, low: int, high: int) -> None:
@@ -243,16 +248,8 @@ def test_only_a_caller_allowed_to_use_a_deployment_wakes_it_from_zero(tmp_path, 
     """A cold start costs the host a container (and maybe a GPU): a request without a valid
     token, or from a tenant of another resource group, is refused before anything starts (an
     attacker could otherwise keep every idle model loaded)."""
-    root = tmp_path / "repo"
-    (root / "manifests").mkdir(parents=True)
-    (root / "templates").mkdir()
-    (root / "templates/work.yaml").write_text(WORK_TEMPLATE)
-    instance = f"t{time.monotonic_ns() % 10**10}"
-    port = free_port()
-    (root / "manifests/settings.yaml").write_text(
-        settings(instance, f"  apiUrl: http://127.0.0.1:{port}\n")
-    )
-    host = Host(root, instance, docker_client)
+    host, port = _root(tmp_path, docker_client)
+    root = host.root
     credentials = tmp_path / "secrets" / "clients.json"
     mine = add_client(root, credentials, "team-a", "default")
     other = add_client(root, credentials, "team-b", "other-group")
