@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from reconciler.cli.main import main
+from tests.s3_support import s3_server, s3s_binary  # noqa: F401  (fixtures: registered here)
 from tests.swarm_support import swarm_testbed  # noqa: F401  (a fixture: registered here)
 
 # Per-instance files the tool keeps outside the GitOps root (credentials of `serve`, the key of

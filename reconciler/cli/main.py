@@ -698,3 +698,138 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
+
+
+@cli.group("secrets")
+def secrets_group() -> None:
+    """Secrets kept outside git (object-store credentials)."""
+
+
+@secrets_group.group("objectstore")
+def objectstore_group() -> None:
+    """Object-store secrets: where models are (ai://<secret>/<path>) and how to read them."""
+
+
+def _objectstores(ctx: click.Context, root: Path | None, path: Path | None) -> Any:
+    from ..manifests.load import load
+    from ..stores.secrets import ObjectStoreSecrets, default_path
+
+    if path is None:
+        path = default_path(load(_root(ctx, root))[0].instance)
+    return ObjectStoreSecrets(path)
+
+
+def _objectstores_option(f: F) -> F:
+    return click.option(
+        "--secrets-file",
+        "secrets_file",
+        type=click.Path(path_type=Path, dir_okay=False),
+        default=None,
+        help="Secrets file (default: ~/.config/reconciler/<instance>/objectstores.json).",
+    )(f)
+
+
+def _group_option(f: F) -> F:
+    return click.option(
+        "--resource-group", "-g", default="default", show_default=True, help="Resource group."
+    )(f)
+
+
+@objectstore_group.command("add")
+@click.argument("name")
+@click.option("--bucket", required=True, help="The S3 bucket.")
+@click.option("--endpoint", default=None, help="An S3-compatible server's URL (default: AWS).")
+@click.option("--region", default=None, help="The bucket's region.")
+@click.option("--path-prefix", default="", help="Prefix of every path under this secret.")
+@click.option("--no-verify-ssl", is_flag=True, help="Do not check the endpoint's certificate.")
+@click.option("--replace", is_flag=True, help="Replace a secret of that name.")
+@_group_option
+@_root_option
+@_objectstores_option
+@click.pass_context
+def objectstore_add(
+    ctx: click.Context,
+    name: str,
+    bucket: str,
+    endpoint: str | None,
+    region: str | None,
+    path_prefix: str,
+    no_verify_ssl: bool,
+    replace: bool,
+    resource_group: str,
+    root: Path | None,
+    secrets_file: Path | None,
+) -> None:
+    """Add an object-store secret. The credentials come from AWS_ACCESS_KEY_ID and
+    AWS_SECRET_ACCESS_KEY, else they are asked for (never as arguments: other users see
+    those); they are stored with mode 0600 and never shown again."""
+    import os
+
+    from ..stores.secrets import ObjectStoreSecret
+
+    key_id = os.environ.get("AWS_ACCESS_KEY_ID") or click.prompt("AWS_ACCESS_KEY_ID")
+    secret_key = os.environ.get("AWS_SECRET_ACCESS_KEY") or click.prompt(
+        "AWS_SECRET_ACCESS_KEY", hide_input=True
+    )
+    store = _objectstores(ctx, root, secrets_file)
+    secret = ObjectStoreSecret(
+        name=name,
+        resource_group=resource_group,
+        bucket=bucket,
+        access_key_id=key_id,
+        secret_access_key=secret_key,
+        endpoint=endpoint.rstrip("/") if endpoint else None,
+        region=region,
+        path_prefix=path_prefix.strip("/"),
+        verify_ssl=not no_verify_ssl,
+    )
+    store.put(secret, replace=replace)
+    click.echo(
+        f"object-store secret {name} ({resource_group}): s3://{bucket}/{secret.path_prefix} "
+        f"at {secret.endpoint or 'AWS S3'}; models: ai://{name}/<path> (stored in {store.path})"
+    )
+
+
+@objectstore_group.command("list")
+@click.option("--resource-group", "-g", default=None, help="Only this resource group.")
+@_root_option
+@_objectstores_option
+@click.option("--json", "as_json", is_flag=True, help="Print them as JSON.")
+@click.pass_context
+def objectstore_list(
+    ctx: click.Context,
+    resource_group: str | None,
+    root: Path | None,
+    secrets_file: Path | None,
+    as_json: bool,
+) -> None:
+    """The object-store secrets (never their credentials)."""
+    store = _objectstores(ctx, root, secrets_file)
+    items = [s.public() for s in store.list(resource_group)]
+    if as_json:
+        _json_out({"objectStoreSecrets": items, "file": str(store.path)})
+        return
+    if not items:
+        click.echo(f"no object-store secrets in {store.path}")
+    for s in items:
+        where = f"s3://{s['bucket']}/{s['pathPrefix']}"
+        click.echo(f"{s['name']:<24} {s['resourceGroup']:<12} {where} at {s['endpoint'] or 'AWS'}")
+
+
+@objectstore_group.command("remove")
+@click.argument("name")
+@_group_option
+@_root_option
+@_objectstores_option
+@click.pass_context
+def objectstore_remove(
+    ctx: click.Context,
+    name: str,
+    resource_group: str,
+    root: Path | None,
+    secrets_file: Path | None,
+) -> None:
+    """Remove an object-store secret."""
+    if not _objectstores(ctx, root, secrets_file).remove(resource_group, name):
+        raise UserError(f"no object-store secret {name} in resource group {resource_group}")
+    click.echo(f"removed object-store secret {name} ({resource_group})")

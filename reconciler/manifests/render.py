@@ -83,6 +83,7 @@ from .spec import (
     Probe,
     is_secret_name,
 )
+from .store_urls import STORE_SCHEMES, store_url_problem
 
 _GROUPS = ("parameters", "artifacts")
 # Argo-style names may contain '-', which Jinja would read as a minus: `{{inputs.parameters.
@@ -1072,9 +1073,14 @@ def artifact_host_path(repo: Repository, uri: str, tenant: bool) -> str:
 
 
 def artifact_url_problem(repo: Repository, url: str, tenant: bool) -> str | None:
-    """What is wrong with an artifact's URL, or None. Only `file:` URLs touch the host."""
+    """What is wrong with an artifact's URL, or None. Only `file:` URLs touch the host; an
+    object store's (`ai://<secret>/<path>`, `s3://<bucket>/<path>`) is checked for its form
+    here, and its secret and objects when it is planned (they live outside git)."""
     try:
-        if urlsplit(url).scheme.lower() != "file":
+        scheme = urlsplit(url).scheme.lower()
+        if scheme in STORE_SCHEMES:
+            return store_url_problem(url)
+        if scheme != "file":
             return None
         artifact_host_path(repo, url, tenant)
     except ValueError as exc:
@@ -1089,7 +1095,8 @@ def check_artifacts(repo: Repository) -> tuple[list[Problem], set[RGKey]]:
     for key, artifact in repo.artifacts.items():
         problem = artifact_url_problem(repo, artifact.url, from_api(artifact.doc))
         if problem is not None:
-            problems.append(artifact.doc.problem("/spec/url", f"{artifact.url!r} {problem}"))
+            shown = re.sub(r"//[^/@]*@", "//***@", artifact.url)  # credentials: never echoed
+            problems.append(artifact.doc.problem("/spec/url", f"{shown!r} {problem}"))
             bad.add(key)
     return problems, bad
 

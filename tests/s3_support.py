@@ -1,0 +1,102 @@
+"""A real S3-compatible server for tests: `s3s-fs` (crates.io, installed by
+scripts/ensure-s3s-fs when missing) serving a temporary folder on a free loopback port, with
+SigV4 authentication. Tests talk to it with boto3, the same client the reconciler uses; the
+server is a separate process, so "the store is down" is a real stop."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+PROJECT = Path(__file__).resolve().parent.parent
+ACCESS_KEY = "reconciler-test-key"
+SECRET_KEY = "reconciler-test-secret-0123456789"
+
+
+@dataclass
+class S3Server:
+    folder: Path
+    port: int
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, binary: str) -> None:
+        self.process = subprocess.Popen(
+            [
+                binary,
+                *("--host", "127.0.0.1", "--port", str(self.port)),
+                *("--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY),
+                str(self.folder),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return
+            except OSError:
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"s3s-fs exited {self.process.returncode}") from None
+                time.sleep(0.05)
+        raise RuntimeError("s3s-fs did not listen within 20 s")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+
+    def client(self, secret_key: str = SECRET_KEY) -> Any:
+        import boto3
+        from botocore.config import Config
+
+        return boto3.session.Session().client(
+            "s3",
+            endpoint_url=self.endpoint,
+            region_name="us-east-1",
+            aws_access_key_id=ACCESS_KEY,
+            aws_secret_access_key=secret_key,
+            config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}),
+        )
+
+    def bucket(self) -> str:
+        """A new bucket of its own for a test."""
+        name = f"t-{uuid.uuid4().hex[:12]}"
+        self.client().create_bucket(Bucket=name)
+        return name
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def s3s_binary() -> str:
+    done = subprocess.run(
+        [PROJECT / "scripts/ensure-s3s-fs"], capture_output=True, text=True, check=False
+    )
+    if done.returncode != 0:
+        pytest.fail(f"no S3 server for the tests: {done.stderr.strip()}")
+    return done.stdout.strip().splitlines()[-1]
+
+
+@pytest.fixture(scope="session")
+def s3_server(s3s_binary: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    server = S3Server(tmp_path_factory.mktemp("s3"), _free_port())
+    server.start(s3s_binary)
+    yield server
+    server.stop()
