@@ -91,12 +91,13 @@ def test_absolute_file_url(gitops):
 
 
 def test_a_model_artifact_that_cannot_be_mounted_is_rejected_at_the_configuration(gitops):
-    manifests = ECHO_MANIFESTS.replace("url: file:models/echo", "url: s3://bucket/models/echo")
+    manifests = ECHO_MANIFESTS.replace("url: file:models/echo", "url: gs://bucket/models/echo")
     root = gitops({"templates/echo.yaml": ECHO_TEMPLATE, "manifests/echo.yaml": manifests})
     (line,) = failure(root)
     assert line.startswith("manifests/echo.yaml:")
-    assert "/spec/inputArtifactBindings: model artifact s3://bucket/models/echo" in line
-    assert "only file: URLs" in line
+    assert "/spec/inputArtifactBindings: model artifact gs://bucket/models/echo" in line
+    assert "only file:, ai:// and s3:// URLs can be mounted" in line
+    assert "the gs: scheme is not supported yet" in line
 
 
 def test_a_parameter_used_as_a_number(gitops):

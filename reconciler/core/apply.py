@@ -22,6 +22,7 @@ from typing import Any
 
 from ..backends import Backend, Converged, ConvergeFailed, Intent, Interrupted, Replica
 from ..backends.base import LAST_LINES
+from ..errors import UserError
 from ..manifests.desired import DesiredDeployment, DesiredState
 from ..manifests.spec import ContainerSpec, redact
 from .lifecycle import Status
@@ -107,6 +108,7 @@ class Applier:
         report: Reporter | None = None,
         stop: threading.Event | None = None,
         drain_seconds: float = DRAIN_SECONDS,
+        prepare: Callable[[ContainerSpec], None] | None = None,
     ) -> None:
         self.backend = backend
         self.repo = desired.repo
@@ -116,6 +118,7 @@ class Applier:
         self.report = report or (lambda name, what: None)
         self.stop = stop or threading.Event()
         self.drain_seconds = drain_seconds
+        self.prepare = prepare  # gets what a spec needs on the host first (its model)
         self._image_ids: dict[str, str] = {}  # per pass: many deployments share one image
 
     # -- the pass ---------------------------------------------------------------------------
@@ -240,9 +243,13 @@ class Applier:
         try:
             if change.action == Action.UPDATE and change.update:
                 self._update_resources(change, record)
+            if change.create and self.prepare is not None:
+                self.prepare(d.spec)  # the model downloaded into the host's cache, once
             converged = self.backend.converge(intent, self.stop)
         except ConvergeFailed as exc:
             raise _Failed.of(exc, d.spec) from None
+        except UserError as exc:  # (the store's StoreError: one line, no credential)
+            raise _Failed(str(exc), ()) from None
         if converged.image_id:
             self._image_ids[d.spec.image] = converged.image_id
         return converged
@@ -403,6 +410,7 @@ class Applier:
             modified_at=stamp,
             ready_at=stamp,
             retiring=retiring,
+            model_version=d.spec.model_version,
             **scale,
         )
 
@@ -474,5 +482,8 @@ def apply_plan(
     parallel: int = DEFAULT_PARALLEL,
     report: Reporter | None = None,
     stop: threading.Event | None = None,
+    prepare: Callable[[ContainerSpec], None] | None = None,
 ) -> list[Outcome]:
-    return Applier(backend, desired, recorder, revision, parallel, report, stop).run(plan)
+    return Applier(
+        backend, desired, recorder, revision, parallel, report, stop, prepare=prepare
+    ).run(plan)

@@ -205,15 +205,20 @@ def plan(
     *,
     hashing: Hashing,
     scales: Mapping[str, Decision] | None = None,
+    unavailable: Mapping[str, str] | None = None,
+    notes: tuple[str, ...] = (),
 ) -> Plan:
     """`hashing`: how secret values are sealed in hashes (the instance's key); `scales`: the
-    counts `reconciler serve`'s autoscaler asks for now, by deployment id."""
+    counts `reconciler serve`'s autoscaler asks for now, by deployment id; `unavailable`:
+    deployments whose model's store cannot be read, and why (reconciler.core.models);
+    `notes`: warnings from before planning."""
     scales = scales or {}
+    unavailable = unavailable or {}
     _refuse_foreign(desired, observed)
     by_dep = observed.by_deployment()
     changes: list[Change] = []
     problems: list[Problem] = []
-    warnings: list[str] = []
+    warnings: list[str] = list(notes)
     settle: list[Pending] = []
     hashes: dict[str, str] = {}
     waits: list[Deadline] = []
@@ -228,7 +233,16 @@ def plan(
             d.spec.liveness, desired.repo.settings.unready_restart_seconds
         )
         outcome = _plan_deployment(
-            d, rec, containers, image_id, known, chosen, now, unready_limit, scales.get(d.id)
+            d,
+            rec,
+            containers,
+            image_id,
+            known,
+            chosen,
+            now,
+            unready_limit,
+            scales.get(d.id),
+            unavailable.get(d.id),
         )
         problems += outcome.problems
         warnings += outcome.warnings
@@ -428,6 +442,7 @@ def _plan_deployment(
     now: datetime,
     unready_limit: int | None = None,
     asked: Decision | None = None,
+    model_problem: str | None = None,
 ) -> _Outcome:
     config_hash = d.spec.identity(image_id, hashing).config_hash
     t = _Target(
@@ -452,6 +467,8 @@ def _plan_deployment(
             return outcome
     current = [c for c in containers if _is_current(c, known, image_id)]
     stale = [c for c in containers if c not in current]
+    if model_problem is not None:
+        return _model_unavailable(t, current, stale, model_problem)
     outcome = _held_back(t, current, stale)
     if outcome is None:
         outcome = _docker_crash_loop(t, current)
@@ -583,6 +600,26 @@ def _held_back(t: _Target, current: list[Replica], stale: list[Replica]) -> _Out
             f"({rec.status_message}); {serving} keeps serving. Change the configuration "
             "or image to retry"
         ]
+    )
+
+
+def _model_unavailable(
+    t: _Target, current: list[Replica], stale: list[Replica], why: str
+) -> _Outcome:
+    """Its model's store cannot be read and the host has no copy: it cannot start. DEAD with
+    the store's reason, once (the failed-hash rule holds it); a pass that can read the store
+    again gives it a version, so a new config hash, and retries it."""
+    held = _held_back(t, current, stale)
+    if held is not None:
+        return held
+    action = Action.REPLACE if t.containers else Action.CREATE
+    return _Outcome(
+        t.change(
+            action,
+            f"model {t.d.spec.model_uri} cannot be read",
+            remove_first=t.containers,
+            failure=f"model {t.d.spec.model_uri}: {why}",
+        )
     )
 
 
@@ -892,6 +929,11 @@ def _config_cause(
         if d.model.follows_latest and old_config == d.configuration.id:
             return f"latest moved: {old_version} → {d.model.version.name}"
         cause = f"model version {old_version} → {d.model.version.name}"
+    elif "modelVersion" in fields and rec is not None and rec.model_version:
+        new = d.spec.model_version or "?"
+        cause = (
+            f"artifact changed: {d.spec.model_uri} (version {rec.model_version[:12]} → {new[:12]})"
+        )
     elif fields:
         cause = f"config changed: {', '.join(fields)}"
     elif image_id and stale[0].image_id and stale[0].image_id != image_id:

@@ -23,6 +23,7 @@ from ..manifests.sources import check_root
 from ..manifests.spec import Hashing
 from .apply import DEFAULT_PARALLEL, SCHEDULED_PARALLEL, Outcome, Reporter, apply_plan
 from .autoscale import Decision
+from .models import Models, default_cache, prepare, resolve_models
 from .observe import observe
 from .plan import Plan, plan, scale_up
 from .record import (
@@ -46,6 +47,7 @@ class Preview:
     observed: Observed
     snapshot: Snapshot
     plan: Plan
+    models: Models = field(default_factory=Models)  # what the stores said (apply downloads)
 
 
 @dataclass(frozen=True)
@@ -91,17 +93,13 @@ def _preview(
     scales: Mapping[str, Decision] | None = None,
 ) -> Preview:
     snapshot = read_snapshot(root, desired.repo.instance)
+    desired, models = resolve_models(desired, snapshot)
     observed = observe(backend, desired.repo.instance)
     hashing = instance_hashing(desired.repo.instance)
     moment = now()
-    the_plan = plan(
-        desired, observed, snapshot, moment, allow_empty, revision, hashing=hashing, scales=scales
-    )
-    if any(scale_up(c) for c in the_plan.changes) and (memory := backend.host_memory()):
-        # Replicas added for the load must fit the host: planned again knowing its memory
-        # (asked only now: the engine's answer costs more than observing).
-        observed = replace(observed, memory=memory)
-        the_plan = plan(
+
+    def planned(observed: Observed) -> Plan:
+        return plan(
             desired,
             observed,
             snapshot,
@@ -110,8 +108,17 @@ def _preview(
             revision,
             hashing=hashing,
             scales=scales,
+            unavailable=models.unavailable,
+            notes=models.warnings,
         )
-    return Preview(desired, observed, snapshot, the_plan)
+
+    the_plan = planned(observed)
+    if any(scale_up(c) for c in the_plan.changes) and (memory := backend.host_memory()):
+        # Replicas added for the load must fit the host: planned again knowing its memory
+        # (asked only now: the engine's answer costs more than observing).
+        observed = replace(observed, memory=memory)
+        the_plan = planned(observed)
+    return Preview(desired, observed, snapshot, the_plan, models)
 
 
 def instance_hashing(instance: str) -> Hashing:
@@ -167,6 +174,7 @@ def reconcile(
                 parallel or _default_parallel(backend),
                 report,
                 stop,
+                prepare=lambda spec: prepare(view.models, default_cache(), spec.model_version),
             )
         finally:
             recorder.close()  # whatever happened, what was recorded reaches the disk

@@ -84,6 +84,7 @@ class Record:
     ready_at: str | None = None
     # Replicas the last pass retired (a scale-down): drained, so not routed, until they stop.
     retiring: tuple[str, ...] = ()
+    model_version: str | None = None  # an object-store model's version that serves
     scaled_at: str | None = None  # the last change of an autoscaled count, and why
     scale_reason: str | None = None
     gpus: tuple[str, ...] = ()

@@ -1040,7 +1040,7 @@ def _file_path(root: Path, uri: str) -> str:
         raise ValueError(f"not a valid URL ({exc})") from None
     if parts.scheme.lower() != "file":
         raise ValueError(
-            f"only file: URLs can be mounted at {MODEL_MOUNT} "
+            f"only file:, ai:// and s3:// URLs can be mounted at {MODEL_MOUNT} "
             f"(the {parts.scheme}: scheme is not supported yet)"
         )
     if parts.netloc not in ("", "localhost"):
@@ -1173,10 +1173,12 @@ def _finish(
         env=draft.env,
         port=draft.port,
         model_uri=draft.model_uri,
+        # An object store's model is mounted from the host's cache once a plan has read the
+        # store (reconciler.core.models): no host path here.
         model_path=model_host_path(
             repo, draft.model_uri, _tenants_uri(repo, config, draft.model_uri)
         )
-        if draft.model_uri
+        if draft.model_uri and urlsplit(draft.model_uri).scheme.lower() not in STORE_SCHEMES
         else None,
         volumes=_mounts(repo.root, draft.volumes, f"{template.body_pointer}/volumes"),
         gpus=plan.gpus if draft.gpus is None else draft.gpus,

@@ -147,6 +147,9 @@ class ContainerSpec:
     # placement constraints); no effect on one Docker host.
     constraints: tuple[str, ...] = ()
     container_concurrency: int = 0  # requests one replica takes at once (0: no limit)
+    # An object-store model's version (its objects' digest: reconciler.stores.s3), set when a
+    # plan has read the store; part of the identity, so a new upload replaces the containers.
+    model_version: str | None = None
 
     @property
     def autoscaled(self) -> bool:
@@ -214,6 +217,7 @@ class ContainerSpec:
             "args": self.args,
             "port": self.port,
             "model": self.model_uri,
+            "modelVersion": self.model_version,  # (None for file: models: their hash stays)
             "gpus": self.gpus,
             "shmSize": self.shm_size,
             "ipc": self.ipc_mode,
@@ -246,7 +250,12 @@ class ContainerSpec:
             "readinessProbe": self.readiness.to_dict(),
             "livenessProbe": self.liveness.to_dict() if self.liveness else None,
             "startupTimeout": self.startup_timeout,
-            "model": {"uri": self.model_uri, "hostPath": self.model_path, "mountPath": MODEL_MOUNT}
+            "model": {
+                "uri": self.model_uri,
+                **({"version": self.model_version} if self.model_version else {}),
+                "hostPath": self.model_path,
+                "mountPath": MODEL_MOUNT,
+            }
             if self.model_uri
             else None,
             "volumes": [
