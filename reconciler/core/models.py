@@ -11,6 +11,7 @@ reason, retried by the next pass that can read the store (its config hash then d
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -65,6 +66,14 @@ def resolve_models(
             deployments.append(d)
             continue
         assert uri is not None
+        if not _local(desired):
+            unavailable[d.id] = (
+                "models from object stores run on a Docker engine on this machine for now (the "
+                "model cache is here; a Swarm's nodes or a remote engine would each need their "
+                "own): use a file: URL on a path the engine's host has"
+            )
+            deployments.append(d)
+            continue
         key = (uri, d.deployment.resource_group)
         if key not in seen:
             try:
@@ -87,6 +96,13 @@ def resolve_models(
     return replace(desired, deployments=tuple(deployments)), Models(
         listings, unavailable, tuple(warnings)
     )
+
+
+def _local(desired: DesiredState) -> bool:
+    """The engine runs containers on this machine, where the cache is."""
+    engine = desired.repo.settings.engine
+    host = engine.host or os.environ.get("DOCKER_HOST") or "unix://"
+    return engine.kind == "docker" and host.startswith("unix:")
 
 
 def _at(d: DesiredDeployment, version: str, cache: ModelCache) -> DesiredDeployment:
