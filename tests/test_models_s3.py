@@ -14,8 +14,9 @@ from typing import Any
 import pytest
 
 from tests.conftest import PROJECT, cli_process
-from tests.engine_support import Host, make_host, request
+from tests.engine_support import Host, Server, make_host, request
 from tests.s3_support import ACCESS_KEY, SECRET_KEY, S3Server
+from tests.test_ai_api import add_client, sdk
 
 pytestmark = [pytest.mark.engine, pytest.mark.timeout(600, func_only=True)]
 
@@ -146,3 +147,46 @@ def test_a_model_from_s3_serves_like_file_rolls_on_a_new_upload_and_leaks_nothin
     ]  # fmt: skip
     for text in seen:
         assert SECRET_KEY not in text and ACCESS_KEY not in text
+
+
+SDK_MANIFESTS = """
+apiVersion: reconciler/v1
+kind: Artifact
+metadata: {name: churn-model-sdk}
+spec: {kind: model, url: "ai://sdk-models/churn/1", scenarioId: churn}
+---
+apiVersion: reconciler/v1
+kind: Configuration
+metadata: {name: churn-sdk}
+spec:
+  executableId: churn-serving
+  scenarioId: churn
+  versionId: "1"
+  inputArtifactBindings: [{key: churnmodel, artifactId: churn-model-sdk}]
+---
+apiVersion: reconciler/v1
+kind: Deployment
+metadata: {name: churn-sdk}
+spec: {configurationId: churn-sdk}
+"""
+
+
+def test_a_secret_made_with_saps_sdk_serves_the_model_too(churn_s3):
+    host, server, bucket, tmp_path = churn_s3
+    settings = host.root / "manifests/settings.yaml"
+    settings.write_text(settings.read_text() + f"  objectStoreEndpoints: [{server.endpoint}]\n")
+    credentials = tmp_path / "clients.json"
+    team = add_client(host.root, credentials, "team-a", "default")
+    serve = Server(host.root, "--credentials", str(credentials))
+    try:
+        client = sdk(serve, team)
+        client.object_store_secrets.create(
+            name="sdk-models", type="S3", bucket=bucket, endpoint=server.endpoint,
+            data={"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY},
+        )  # fmt: skip
+    finally:
+        serve.stop()
+    (host.root / "manifests/sdk.yaml").write_text(SDK_MANIFESTS)
+    host.reconcile()
+    assert host.status()["churn-sdk"]["status"] == "RUNNING"
+    assert predict(host, "churn-sdk") == pytest.approx(predict(host, "churn"))

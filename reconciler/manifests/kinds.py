@@ -179,6 +179,8 @@ class Settings:
     gpus: tuple[str, ...] = ()
     # spec.artifactRoots: host folders `file:` artifacts may point into besides the root.
     artifact_roots: tuple[str, ...] = ()
+    # spec.objectStoreEndpoints: the endpoints a tenant's object-store secret may name.
+    object_store_endpoints: tuple[str, ...] = ()
     # spec.unreadyRestartSeconds: a replica without a liveness probe that stays unready this
     # long is restarted (0: never restarted for unreadiness alone).
     unready_restart_seconds: int = DEFAULT_UNREADY_RESTART_SECONDS

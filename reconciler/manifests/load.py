@@ -262,6 +262,7 @@ def _settings(doc: Document, spec: dict[str, Any]) -> Settings:
         retirement_warning_days=spec.get("retirementWarningDays", 30),
         gpus=tuple(spec.get("gpus", ())),
         artifact_roots=tuple(spec.get("artifactRoots", ())),
+        object_store_endpoints=tuple(e.rstrip("/") for e in spec.get("objectStoreEndpoints", ())),
         unready_restart_seconds=spec.get("unreadyRestartSeconds", DEFAULT_UNREADY_RESTART_SECONDS),
         engine=_engine(spec.get("engine") or {}),
         doc=doc,

@@ -1,7 +1,16 @@
 """The AI API's endpoints, one APIRouter per resource; reconciler.api.app includes them in
 ROUTERS' order (which is also their order in the OpenAPI document)."""
 
-from . import artifacts, configurations, deployments, logs, meta, oauth, scenarios
+from . import (
+    artifacts,
+    configurations,
+    deployments,
+    logs,
+    meta,
+    oauth,
+    objectstores,
+    scenarios,
+)
 
 ROUTERS = (
     scenarios.router,
@@ -9,6 +18,7 @@ ROUTERS = (
     artifacts.router,
     deployments.router,
     logs.router,
+    objectstores.router,
     meta.router,
     oauth.router,
 )
