@@ -115,3 +115,16 @@ def prepare(models: Models, cache: ModelCache, spec_version: str | None) -> Path
     if spec_version is None or spec_version not in models.listings:
         return None
     return cache.fetch(models.listings[spec_version])
+
+
+def evict_models(
+    desired: DesiredState, snapshot: Snapshot, cache: ModelCache | None = None
+) -> list[str]:
+    """Keep the host's model cache within `Settings.spec.modelCacheSize`: least recently used
+    models go first, never one a deployment declares or last ran."""
+    cache = cache or default_cache()
+    if not cache.root.is_dir():
+        return []
+    keep = {d.spec.model_version for d in desired.deployments if d.spec.model_version}
+    keep |= {r.model_version for r in snapshot.records.values() if r.model_version}
+    return cache.evict(desired.repo.settings.model_cache_size, keep)

@@ -23,7 +23,7 @@ from ..manifests.sources import check_root
 from ..manifests.spec import Hashing
 from .apply import DEFAULT_PARALLEL, SCHEDULED_PARALLEL, Outcome, Reporter, apply_plan
 from .autoscale import Decision
-from .models import Models, default_cache, prepare, resolve_models
+from .models import Models, default_cache, evict_models, prepare, resolve_models
 from .observe import observe
 from .plan import Plan, plan, scale_up
 from .record import (
@@ -178,6 +178,7 @@ def reconcile(
             )
         finally:
             recorder.close()  # whatever happened, what was recorded reaches the disk
+        evict_models(view.desired, view.snapshot)
         seconds = time.monotonic() - started
         result = "converged" if all(o.ok for o in outcomes) else "failed"
         if any(o.interrupted for o in outcomes):

@@ -181,6 +181,7 @@ class Settings:
     artifact_roots: tuple[str, ...] = ()
     # spec.objectStoreEndpoints: the endpoints a tenant's object-store secret may name.
     object_store_endpoints: tuple[str, ...] = ()
+    model_cache_size: int = 100 * 1024**3  # spec.modelCacheSize, in bytes
     # spec.unreadyRestartSeconds: a replica without a liveness probe that stays unready this
     # long is restarted (0: never restarted for unreadiness alone).
     unready_restart_seconds: int = DEFAULT_UNREADY_RESTART_SECONDS

@@ -263,6 +263,9 @@ def _settings(doc: Document, spec: dict[str, Any]) -> Settings:
         gpus=tuple(spec.get("gpus", ())),
         artifact_roots=tuple(spec.get("artifactRoots", ())),
         object_store_endpoints=tuple(e.rstrip("/") for e in spec.get("objectStoreEndpoints", ())),
+        model_cache_size=parse_memory(spec["modelCacheSize"])
+        if "modelCacheSize" in spec
+        else Settings.model_cache_size,
         unready_restart_seconds=spec.get("unreadyRestartSeconds", DEFAULT_UNREADY_RESTART_SECONDS),
         engine=_engine(spec.get("engine") or {}),
         doc=doc,
