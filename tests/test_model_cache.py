@@ -119,3 +119,33 @@ def test_eviction_takes_the_least_recently_used_not_one_in_use(store, tmp_path: 
     removed = cache.evict(limit=2500, keep={versions[1]})  # room for two
     assert removed == [versions[2]]  # 1 is in use; 2 is the least recently used of the rest
     assert sorted(v for v, _, _ in cache.entries()) == sorted(versions[:2])
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path):
+    """A 4 MiB file system (tmpfs) for the cache: a full disk for real. Needs root, or the
+    right to mount; skipped with the reason otherwise."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {done.stderr.strip()}")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=False)
+
+
+def test_a_full_disk_is_one_line_and_leaves_no_partial_file(store, small_disk: Path):
+    _, _, secrets = store
+    cache = ModelCache(small_disk / "cache")
+    found = listing(locate("ai://models/churn/1", "default", secrets))  # 9 MiB > 4 MiB
+    with pytest.raises(StoreError) as caught:
+        cache.fetch(found)
+    message = str(caught.value)
+    assert "No space left on device" in message and "\n" not in message, message
+    assert not cache.has(found.version)
+    left = [p for p in (small_disk / "cache").rglob("*") if p.is_file()]
+    assert all(p.parent.name == ".locks" for p in left), left  # only the version's lock file

@@ -20,6 +20,7 @@ every fetch) that no deployment uses until the cache is within `limit` bytes.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import os
@@ -101,8 +102,10 @@ class ModelCache:
                     location.secret.bucket, obj.key, str(target), Config=config, Callback=step
                 )
             except (ClientError, BotoCoreError, OSError) as exc:
+                full = isinstance(exc, OSError) and exc.errno == errno.ENOSPC
+                hint = f": free space in {self.root}, or lower modelCacheSize" if full else ""
                 raise StoreError(
-                    f"{location.describe()}: downloading {obj.key} failed: {_one_line(exc)}"
+                    f"{location.describe()}: downloading {obj.key} failed: {_one_line(exc)}{hint}"
                 ) from None
             _check(target, obj.size, obj.etag, location.describe(), obj.key)
 
