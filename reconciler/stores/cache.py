@@ -79,7 +79,7 @@ class ModelCache:
         location = listing.location
         folder = f"{location.prefix}/" if location.prefix else ""
         total, done = listing.size, 0
-        config = TransferConfig(multipart_threshold=64 * 1024**2, max_concurrency=4)
+        config = TransferConfig()  # (boto3's defaults: parts of 8 MiB, 10 at a time)
         for obj in listing.objects:
             # A folder's objects keep their paths under it; one object named by the path is
             # the folder's one file.
