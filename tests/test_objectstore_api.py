@@ -11,9 +11,8 @@ from pathlib import Path
 import pytest
 from ai_api_client_sdk.exception import AIAPIInvalidRequestException, AIAPINotFoundException
 
-from tests.conftest import git
-from tests.engine_support import Server, configuration, docs, make_root, settings
-from tests.test_ai_api import add_client, sdk
+from tests.engine_support import make_root, settings
+from tests.test_ai_api import sdk, serve_api
 
 KEYS = {
     "AWS_ACCESS_KEY_ID": "AKIAAPITESTKEY000001",
@@ -24,19 +23,14 @@ ALLOWED = "http://10.9.8.7:9000"
 
 @pytest.fixture
 def served(tmp_path: Path, monkeypatch):
+    """`serve_api` (two tenants: team-a in default, team-b in other) on a root whose Settings
+    allow one object-store endpoint."""
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
     root, instance = make_root(tmp_path)
     (root / "manifests/settings.yaml").write_text(
         settings(instance, f"  objectStoreEndpoints: [{ALLOWED}]\n")
     )
-    (root / "manifests/app.yaml").write_text(docs(configuration("tiny-v1")))
-    git(root, "init", "-q", "-b", "main")
-    git(root, "add", "-A")
-    git(root, "commit", "-q", "-m", "initial manifests")
-    credentials = tmp_path / "secrets" / "clients.json"
-    a = add_client(root, credentials, "team-a", "default")
-    b = add_client(root, credentials, "team-b", "other")
-    server = Server(root, "--credentials", str(credentials))
+    server, a, b, _ = serve_api(root, tmp_path)
     yield root, instance, server, a, b, tmp_path
     server.stop()
 

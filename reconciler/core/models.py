@@ -15,11 +15,10 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from ..files import cache_dir
 from ..manifests.desired import DesiredDeployment, DesiredState
-from ..manifests.store_urls import STORE_SCHEMES
+from ..manifests.store_urls import is_store_url
 from ..stores.cache import ModelCache
 from ..stores.s3 import Listing, StoreError, listing, locate
 from ..stores.secrets import ObjectStoreSecrets, default_path
@@ -40,10 +39,6 @@ class Models:
     warnings: tuple[str, ...] = ()
 
 
-def is_store_model(uri: str | None) -> bool:
-    return bool(uri) and urlsplit(uri or "").scheme.lower() in STORE_SCHEMES
-
-
 def resolve_models(
     desired: DesiredState,
     snapshot: Snapshot,
@@ -51,7 +46,7 @@ def resolve_models(
     cache: ModelCache | None = None,
 ) -> tuple[DesiredState, Models]:
     """`desired` with each object-store model's version and cache path in its spec."""
-    if not any(is_store_model(d.spec.model_uri) for d in desired.deployments):
+    if not any(is_store_url(d.spec.model_uri) for d in desired.deployments):
         return desired, Models()
     secrets = secrets or ObjectStoreSecrets(default_path(desired.repo.instance))
     cache = cache or default_cache()
@@ -62,7 +57,7 @@ def resolve_models(
     deployments = []
     for d in desired.deployments:
         uri = d.spec.model_uri
-        if not is_store_model(uri) or d.deployment.target_status != "RUNNING":
+        if not is_store_url(uri) or d.deployment.target_status != "RUNNING":
             deployments.append(d)
             continue
         assert uri is not None

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
-from ..files import config_dir, write_atomic
+from ..files import FileVersion, config_dir, file_version, write_atomic
 
 FORMAT_VERSION = 1
 STATE_DIR = "state"
@@ -143,6 +143,15 @@ class Snapshot:
 
 def snapshot_path(root: Path) -> Path:
     return root / STATE_DIR / SNAPSHOT
+
+
+def snapshot_version(root: Path) -> FileVersion | None:
+    """Which snapshot is on disk now (None: none, or unreadable): readers that follow it
+    (the routing table, the autoscaler's policies) re-read only when it changed."""
+    try:
+        return file_version(snapshot_path(root))
+    except OSError:
+        return None
 
 
 def read_snapshot(root: Path, instance: str) -> Snapshot:

@@ -83,7 +83,7 @@ from .spec import (
     Probe,
     is_secret_name,
 )
-from .store_urls import STORE_SCHEMES, store_url_problem
+from .store_urls import is_store_url, store_url_problem
 
 _GROUPS = ("parameters", "artifacts")
 # Argo-style names may contain '-', which Jinja would read as a minus: `{{inputs.parameters.
@@ -1077,10 +1077,9 @@ def artifact_url_problem(repo: Repository, url: str, tenant: bool) -> str | None
     object store's (`ai://<secret>/<path>`, `s3://<bucket>/<path>`) is checked for its form
     here, and its secret and objects when it is planned (they live outside git)."""
     try:
-        scheme = urlsplit(url).scheme.lower()
-        if scheme in STORE_SCHEMES:
+        if is_store_url(url):
             return store_url_problem(url)
-        if scheme != "file":
+        if urlsplit(url).scheme.lower() != "file":
             return None
         artifact_host_path(repo, url, tenant)
     except ValueError as exc:
@@ -1178,7 +1177,7 @@ def _finish(
         model_path=model_host_path(
             repo, draft.model_uri, _tenants_uri(repo, config, draft.model_uri)
         )
-        if draft.model_uri and urlsplit(draft.model_uri).scheme.lower() not in STORE_SCHEMES
+        if draft.model_uri and not is_store_url(draft.model_uri)
         else None,
         volumes=_mounts(repo.root, draft.volumes, f"{template.body_pointer}/volumes"),
         gpus=plan.gpus if draft.gpus is None else draft.gpus,

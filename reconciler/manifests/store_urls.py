@@ -55,6 +55,11 @@ def parse_store_url(url: str) -> StoreUrl:
     return StoreUrl(scheme, name, path)
 
 
+def is_store_url(url: str | None) -> bool:
+    """An object store's URL (ai://, s3://), whatever else is wrong with it."""
+    return bool(url) and urlsplit(url or "").scheme.lower() in STORE_SCHEMES
+
+
 def store_url_problem(url: str) -> str | None:
     try:
         parse_store_url(url)

@@ -28,7 +28,7 @@ from types import MappingProxyType
 from ..backends import Backend, EngineUnreachable, Replica
 from ..core.lifecycle import Status
 from ..core.observe import observe
-from ..core.record import read_snapshot, snapshot_path
+from ..core.record import read_snapshot, snapshot_version
 from ..core.status import (
     SCALED_TO_ZERO,
     not_serving,
@@ -36,7 +36,7 @@ from ..core.status import (
     scaled_to_zero,
     serving_replicas,
 )
-from ..files import FileVersion, file_version
+from ..files import FileVersion
 
 
 @dataclass(frozen=True)
@@ -138,16 +138,10 @@ class RouteTable:
         routes from before (right after a reconcile: 503 PENDING for a RUNNING deployment)."""
         with self._refresh_lock:
             if (
-                self._snapshot_stamp() != self._stamp
+                snapshot_version(self.root) != self._stamp
                 or time.monotonic() - self._refreshed_at >= seconds
             ):
                 self._refresh()
-
-    def _snapshot_stamp(self) -> FileVersion | None:
-        try:
-            return file_version(snapshot_path(self.root))
-        except OSError:
-            return None
 
     def refresh(self) -> None:
         """Re-read snapshot and containers (blocking: run it in a worker thread)."""
@@ -156,7 +150,7 @@ class RouteTable:
 
     def _refresh(self) -> None:
         self._refreshed_at = time.monotonic()
-        self._stamp = self._snapshot_stamp()
+        self._stamp = snapshot_version(self.root)
         try:
             fresh = build_routes(self.root, self.instance, self.backend, self.publish)
         except EngineUnreachable as exc:

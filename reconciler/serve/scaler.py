@@ -27,9 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..core.autoscale import Autoscaler, Decision, Policy
-from ..core.record import snapshot_path
+from ..core.record import snapshot_version
 from ..errors import UserError
-from ..files import FileVersion, file_version
+from ..files import FileVersion
 from ..manifests.desired import desired_state
 from .gateway import Gateway
 from .routes import RouteTable
@@ -100,7 +100,7 @@ class Scaler:
         """The autoscaled deployments' policies, re-read from the manifests now and then (the
         last good ones while the manifests do not load)."""
         now = self.clock()
-        stamp = self._snapshot_stamp()
+        stamp = snapshot_version(self.root)
         if stamp != self._snapshot or now - self._policies_at >= POLICY_SECONDS:
             self._policies_at, self._snapshot = now, stamp
             try:
@@ -153,12 +153,6 @@ class Scaler:
             self.decisions[dep] = decision
             name = self._policies.get(dep, (dep, None))[0]
             self._maybe_ask(dep, name, 0, decision, self.clock())
-
-    def _snapshot_stamp(self) -> FileVersion | None:
-        try:
-            return file_version(snapshot_path(self.root))
-        except OSError:
-            return None
 
     def _scaler(self, dep: str, policy: Policy, now: float, replicas: int) -> Autoscaler:
         scaler = self._scalers.get(dep)

@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from .s3 import Listing, StoreError, client
+from .s3 import Listing, StoreError, client, one_line
 
 COMPLETE = ".complete"  # written last in an entry: its presence says the entry is whole
 PARTIAL = ".partial-"
@@ -105,7 +105,7 @@ class ModelCache:
                 full = isinstance(exc, OSError) and exc.errno == errno.ENOSPC
                 hint = f": free space in {self.root}, or lower modelCacheSize" if full else ""
                 raise StoreError(
-                    f"{location.describe()}: downloading {obj.key} failed: {_one_line(exc)}{hint}"
+                    f"{location.describe()}: downloading {obj.key} failed: {one_line(exc)}{hint}"
                 ) from None
             _check(target, obj.size, obj.etag, location.describe(), obj.key)
 
@@ -170,7 +170,3 @@ def _check(path: Path, size: int, etag: str, where: str, key: str) -> None:
                 md5.update(chunk)
         if md5.hexdigest() != etag:
             raise StoreError(f"{where}: {key} does not match its ETag: downloaded damaged")
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())[:300]

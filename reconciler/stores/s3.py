@@ -161,7 +161,7 @@ def _objects(s3: Any, location: Location) -> Iterator[StoredObject]:
         raise StoreError(f"{location.describe()}: {_explain(exc)}") from None
     except BotoCoreError as exc:
         raise StoreError(
-            f"{location.describe()}: the store does not answer ({_one_line(exc)}): check the "
+            f"{location.describe()}: the store does not answer ({one_line(exc)}): check the "
             "secret's endpoint and that the store is up"
         ) from None
 
@@ -188,8 +188,9 @@ _EXPLAINED = {
 
 def _explain(exc: Any) -> str:
     code = _code(exc)
-    return _EXPLAINED.get(code) or f"{code or 'error'}: {_one_line(exc)}"
+    return _EXPLAINED.get(code) or f"{code or 'error'}: {one_line(exc)}"
 
 
-def _one_line(exc: BaseException) -> str:
+def one_line(exc: BaseException) -> str:
+    """An error's text on one line, cut to 300 characters."""
     return re.sub(r"\s+", " ", str(exc)).strip()[:300]
