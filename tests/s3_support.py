@@ -5,8 +5,10 @@ server is a separate process, so "the store is down" is a real stop."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -26,16 +28,23 @@ class S3Server:
     folder: Path
     port: int
     process: subprocess.Popen[bytes] | None = None
+    # Where it listens: loopback, or 0.0.0.0 for clients elsewhere too (a Swarm's nodes).
+    host: str = "127.0.0.1"
+
+    @property
+    def address(self) -> str:
+        """Where this machine reaches it."""
+        return "127.0.0.1" if self.host == "0.0.0.0" else self.host
 
     @property
     def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.address}:{self.port}"
 
     def start(self, binary: str) -> None:
         self.process = subprocess.Popen(
             [
                 binary,
-                *("--host", "127.0.0.1", "--port", str(self.port)),
+                *("--host", self.host, "--port", str(self.port)),
                 *("--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY),
                 str(self.folder),
             ],
@@ -45,7 +54,7 @@ class S3Server:
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                with socket.create_connection((self.address, self.port), timeout=0.5):
                     return
             except OSError:
                 if self.process.poll() is not None:
@@ -100,3 +109,75 @@ def s3_server(s3s_binary: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
     server.start(s3s_binary)
     yield server
     server.stop()
+
+
+class FaultyLink:
+    """A TCP relay in front of a server that can cut or stall it, for a store that goes down
+    or hangs midway: `down_after` bytes from the server (counted over every connection) then
+    cuts them all and refuses new ones until `heal()`; `stall` takes connections and never
+    answers; `flip_at` damages the byte at that count (a bit flipped on the way). `relayed`
+    counts the bytes that came from the server."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self.listener.getsockname()[1])
+        self.down_after: int | None = None
+        self.flip_at: int | None = None
+        self.stall = False
+        self.relayed = 0
+        self.lock = threading.Lock()
+        self.sockets: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def heal(self) -> None:
+        with self.lock:
+            self.down_after, self.flip_at, self.stall, self.relayed = None, None, False, 0
+
+    def _down(self) -> bool:
+        return self.down_after is not None and self.relayed >= self.down_after
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            with self.lock:
+                if self._down():
+                    client.close()
+                    continue
+                self.sockets.append(client)
+            if self.stall:
+                continue  # taken, never answered
+            server = socket.create_connection(("127.0.0.1", self.target_port))
+            threading.Thread(target=self._pipe, args=(client, server, False), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(server, client, True), daemon=True).start()
+
+    def _pipe(self, source: socket.socket, sink: socket.socket, counted: bool) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                if counted:
+                    with self.lock:
+                        before = self.relayed
+                        self.relayed += len(data)
+                        cut = self._down()
+                        if self.flip_at is not None and before <= self.flip_at < self.relayed:
+                            at = self.flip_at - before
+                            data = data[:at] + bytes([data[at] ^ 0x01]) + data[at + 1 :]
+                    if cut:
+                        break
+                sink.sendall(data)
+        for s in (source, sink):
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+            s.close()
+
+    def close(self) -> None:
+        self.listener.close()
+        for s in self.sockets:
+            s.close()

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.stores.s3 import StoreError, listing, locate
+from reconciler.stores.listing import Listing
+from reconciler.stores.s3 import Location, StoreError, listing, locate
 from reconciler.stores.secrets import ObjectStoreSecret, ObjectStoreSecrets
 from tests.s3_support import ACCESS_KEY, SECRET_KEY, S3Server
 
@@ -78,3 +79,24 @@ def test_each_way_a_store_can_be_wrong_is_one_line_without_credentials(
     assert "\n" not in message
     for value in (SECRET_KEY, ACCESS_KEY, "wrong-secret-key"):
         assert value not in message, message
+
+
+def test_the_version_names_where_and_as_whom_the_objects_are_read(stored, tmp_path: Path):
+    """The same keys, sizes and ETags from another store, bucket or credential are another
+    version: a cached copy is never handed to a deployment whose store merely claims them
+    (a tenant's own server could claim anyone's ETags)."""
+    _, _, secrets = stored
+    found = listing(locate("ai://models/churn/1", "default", secrets))
+    secret = secrets.get("default", "models")
+    assert secret is not None
+    for change in (
+        {"endpoint": "http://127.0.0.1:9"},
+        {"bucket": "another-bucket"},
+        {"access_key_id": "ANOTHERKEY"},
+    ):
+        other = Location(ObjectStoreSecret(**{**secret.__dict__, **change}), found.location.prefix)
+        claimed = Listing(other, found.objects)  # the very same objects, claimed elsewhere
+        assert claimed.version != found.version, change
+    same = ObjectStoreSecret(**{**secret.__dict__, "name": "alias", "resource_group": "team-b"})
+    assert Listing(Location(same, found.location.prefix), found.objects).version == found.version
+    assert ACCESS_KEY not in found.location.identity
