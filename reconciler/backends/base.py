@@ -26,6 +26,8 @@ from ..errors import UserError
 if TYPE_CHECKING:
     from ..manifests.desired import DesiredDeployment
     from ..manifests.spec import ContainerSpec, Hashing
+    from ..stores.cache import Progress
+    from ..stores.s3 import Listing
 
 # Lines of a failed replica's output kept with its failure (the state's lastLogs): enough for
 # a traceback, little enough for the state file.
@@ -250,6 +252,27 @@ class LogLine:
     text: str
 
 
+class ModelHosts(Protocol):
+    """Where the hosts that run an engine's replicas keep models from object stores: one
+    folder per version (reconciler.stores.cache), bound read-only at /mnt/models. Docker on
+    this machine: the local cache; Swarm: a cache on each node, filled by a job on the nodes."""
+
+    def path(self, version: str) -> Any:
+        """The version's folder, as the engine's hosts name it (a bind mount's source)."""
+
+    def has(self, version: str) -> bool:
+        """Whether the version is there complete (a store that is down then does not stop a
+        deployment that already runs it)."""
+
+    def fetch(self, listing: Listing, progress: Progress | None = None) -> Any:
+        """Download the listing's objects there, once per version. Raises StoreError (one
+        line; nothing partial is left as a version's folder)."""
+
+    def evict(self, limit: int, keep: Iterable[str], user: str | None = None) -> list[str]:
+        """Remove least recently used versions not in `keep` beyond `limit` bytes, never one
+        that another `user` (a reconciler instance sharing the hosts) keeps."""
+
+
 class Backend(ABC):
     """One engine, at the level of whole deployments. Implementations: `DockerBackend`
     (reconciler.backends.docker), `FakeBackend` (reconciler.backends.fake, in memory, for
@@ -325,6 +348,11 @@ class Backend(ABC):
     def host_memory(self) -> int | None:
         """The memory of the host replicas run on, in bytes, for fitting scale-ups; None
         where the engine places replicas itself against reservations (Swarm)."""
+        return None
+
+    def models(self) -> ModelHosts | None:
+        """Where this engine's hosts keep models from object stores; None where they cannot
+        have them (an engine on another machine, the in-memory fake)."""
         return None
 
     def engine_info(self) -> dict[str, Any]:

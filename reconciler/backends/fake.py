@@ -30,6 +30,7 @@ from .base import (
     Event,
     Intent,
     LogLine,
+    ModelHosts,
     Observed,
     Replica,
     normalize_image,
@@ -79,8 +80,12 @@ class FakeBackend(StartFirstBackend):
     capabilities = Capabilities(in_place_resources=True, gpu_inventory=True, rolling_updates=False)
 
     def __init__(
-        self, images: Mapping[str, str] | None = None, unpullable: Iterable[str] = ()
+        self,
+        images: Mapping[str, str] | None = None,
+        unpullable: Iterable[str] = (),
+        model_hosts: ModelHosts | None = None,
     ) -> None:
+        self.model_hosts = model_hosts  # where its "hosts" keep models (a real cache folder)
         self.images = {normalize_image(ref): i for ref, i in (images or {}).items()}
         self.unpullable = {normalize_image(ref) for ref in unpullable}
         self.scripts: dict[str, Script] = {}
@@ -94,6 +99,9 @@ class FakeBackend(StartFirstBackend):
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
         self._now = 0.0  # the virtual clock of readiness waits
+
+    def models(self) -> ModelHosts | None:
+        return self.model_hosts
 
     # -- what a test scripts ----------------------------------------------------------------
 

@@ -51,7 +51,7 @@ def check(
 
 
 # Settings.spec.engine fields that mean something on a Swarm only.
-_SWARM_ONLY = ("nodes", "constraints", "placementTimeoutSeconds")
+_SWARM_ONLY = ("nodes", "constraints", "placementTimeoutSeconds", "modelCache")
 
 
 def _engine(repo: Repository) -> list[Problem]:

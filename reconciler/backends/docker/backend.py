@@ -21,7 +21,9 @@ from datetime import datetime
 from types import MappingProxyType
 from typing import Any
 
+from ...files import cache_dir
 from ...manifests.spec import ContainerSpec, Identity
+from ...stores.cache import ModelCache
 from .. import labels as L
 from ..base import (
     HEALTH_UNREADY,
@@ -105,6 +107,11 @@ class DockerBackend(StartFirstBackend):
         if self._host_memory is None:
             self._host_memory = int(self.engine.get("/info", {}).get("MemTotal") or 0)
         return self._host_memory or None
+
+    def models(self) -> ModelCache | None:
+        """The model cache of this machine, when the engine runs here (a unix socket): its
+        containers bind the cache's folders. An engine elsewhere has no such cache."""
+        return ModelCache(cache_dir() / "models") if self.engine.local else None
 
     def _inspected(self, c: Replica) -> Replica:
         if c.state == "restarting":

@@ -47,6 +47,7 @@ from ..base import (
 from ..docker.engine import Engine, EventStream
 from ..docker.parse import image_ids, since_argument
 from .images import ImageCourier
+from .models import SwarmModels
 from .parse import (
     ENDED,
     FAILED,
@@ -108,6 +109,7 @@ class SwarmBackend(Backend):
         self._own: dict[str, float] = {}  # services this backend changed, by name: not drift
         self._own_lock = threading.Lock()
         self._instance = ""  # the last observed: node events concern it
+        self._models: SwarmModels | None = None
 
     # -- observing --------------------------------------------------------------------------
 
@@ -148,6 +150,15 @@ class SwarmBackend(Backend):
                 for n in nodes
             ],
         }
+
+    def models(self) -> SwarmModels:
+        """Each node's model cache (Settings.spec.engine.modelCache), filled by a job of the
+        storage initializer on the nodes (see models.py)."""
+        if self._models is None:
+            self._models = SwarmModels(
+                self.manager, self.images, self.settings, self.nodes, self._task_lines
+            )
+        return self._models
 
     def _services(self, instance: str) -> list[dict[str, Any]]:
         filters = json.dumps({"label": L.selector(instance)})
