@@ -1,11 +1,14 @@
 """The churn example with its model in an object store (issue 18), on the real engine: a real
-S3-compatible server (s3s-fs on loopback), the secret added with the CLI, an `ai://` artifact;
-predictions as from `file:`, a new upload under the same path rolls the deployment, a secret
-that does not exist ends DEAD with one line, and no credential is written anywhere."""
+S3-compatible server (s3s-fs on loopback), the secret added with the CLI or SAP's SDK, an
+`ai://` artifact; predictions as from `file:`, two deployments share one cached copy, a new
+upload under the same path rolls the deployment, a secret that does not exist ends DEAD with
+one line, `watch` serves the model once a store that was down is back, and no credential is
+written anywhere (plan, status, output, files, git history, serve's log)."""
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -13,10 +16,11 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import PROJECT, cli_process
-from tests.engine_support import Host, Server, make_host, request
-from tests.s3_support import ACCESS_KEY, SECRET_KEY, S3Server
+from tests.conftest import PROJECT, cli_process, git
+from tests.engine_support import Host, Server, make_host, request, wait_for
+from tests.s3_support import ACCESS_KEY, SECRET_KEY, FaultyLink, S3Server
 from tests.test_ai_api import add_client, sdk
+from tests.test_watch import Watch
 
 pytestmark = [pytest.mark.engine, pytest.mark.timeout(600, func_only=True)]
 
@@ -57,6 +61,11 @@ apiVersion: reconciler/v1
 kind: Deployment
 metadata: {name: churn-s3}
 spec: {configurationId: churn-s3}
+---
+apiVersion: reconciler/v1
+kind: Deployment
+metadata: {name: churn-s3-twin}
+spec: {configurationId: churn-s3}
 """
 NOWHERE = """
 ---
@@ -83,7 +92,7 @@ def churn_s3(tmp_path: Path, docker_client, s3_server: S3Server, monkeypatch) ->
     added = cli_process(
         "secrets", "objectstore", "add", "models", "--bucket", bucket,
         "--endpoint", s3_server.endpoint, "--root", host.root,
-        env={**__import__("os").environ, "AWS_ACCESS_KEY_ID": ACCESS_KEY,
+        env={**os.environ, "AWS_ACCESS_KEY_ID": ACCESS_KEY,
              "AWS_SECRET_ACCESS_KEY": SECRET_KEY},
     )  # fmt: skip
     assert added.code == 0, added.err
@@ -114,16 +123,21 @@ def test_a_model_from_s3_serves_like_file_rolls_on_a_new_upload_and_leaks_nothin
     status = host.status()
     assert status["churn"]["status"] == "RUNNING" and status["churn-s3"]["status"] == "RUNNING"
     assert predict(host, "churn-s3") == pytest.approx(predict(host, "churn"))  # as from file:
+    assert predict(host, "churn-s3-twin") == pytest.approx(predict(host, "churn"))
+    # One copy for both deployments of the model.
     (entry,) = [p for p in (tmp_path / "cache/reconciler/models").iterdir() if p.name[0] != "."]
+    assert status["churn-s3"]["details"]["model"] == {"version": entry.name}
     assert (entry / "model.joblib").read_bytes() == (
         PROJECT / "models/churn/1/model.joblib"
     ).read_bytes()
     assert host.plan()["changes"] == []
 
     upload(server, bucket, 2)  # a new model under the same path
-    (change,) = host.plan()["changes"]
-    assert change["action"] == "replace" and change["name"] == "churn-s3", change
-    assert change["cause"].startswith("artifact changed: ai://models/churn/1 (version "), change
+    changes = host.plan()["changes"]
+    assert [c["name"] for c in changes] == ["churn-s3", "churn-s3-twin"], changes
+    for change in changes:
+        assert change["action"] == "replace", change
+        assert change["cause"].startswith("artifact changed: ai://models/churn/1 (version "), change
     host.reconcile()
     v1 = predict(host, "churn")
     assert predict(host, "churn-s3") != pytest.approx(v1)  # version 2's model serves now
@@ -174,6 +188,9 @@ spec: {configurationId: churn-sdk}
 def test_a_secret_made_with_saps_sdk_serves_the_model_too(churn_s3):
     host, server, bucket, tmp_path = churn_s3
     settings = host.root / "manifests/settings.yaml"
+    git(host.root, "init", "-q")
+    git(host.root, "add", "-A")
+    git(host.root, "commit", "-qm", "the root")
     settings.write_text(settings.read_text() + f"  objectStoreEndpoints: [{server.endpoint}]\n")
     credentials = tmp_path / "clients.json"
     team = add_client(host.root, credentials, "team-a", "default")
@@ -190,3 +207,73 @@ def test_a_secret_made_with_saps_sdk_serves_the_model_too(churn_s3):
     host.reconcile()
     assert host.status()["churn-sdk"]["status"] == "RUNNING"
     assert predict(host, "churn-sdk") == pytest.approx(predict(host, "churn"))
+    # The secret is nowhere in git: not committed by the API, not in any file of the root.
+    git(host.root, "add", "-A")
+    git(host.root, "commit", "-qm", "after the SDK's secret")
+    history = git(host.root, "log", "--all", "-p", "--format=%H %s")
+    log = serve.log.read_text()
+    for text in (history, log, host.cli("plan", "--json").out, host.cli("status", "--json").out):
+        assert SECRET_KEY not in text and ACCESS_KEY not in text
+
+
+FLAKY_MANIFESTS = """
+apiVersion: reconciler/v1
+kind: Artifact
+metadata: {name: churn-model-flaky}
+spec: {kind: model, url: "ai://flaky/churn/1", scenarioId: churn}
+---
+apiVersion: reconciler/v1
+kind: Configuration
+metadata: {name: churn-flaky}
+spec:
+  executableId: churn-serving
+  scenarioId: churn
+  versionId: "1"
+  inputArtifactBindings: [{key: churnmodel, artifactId: churn-model-flaky}]
+---
+apiVersion: reconciler/v1
+kind: Deployment
+metadata: {name: churn-flaky}
+spec: {configurationId: churn-flaky}
+"""
+
+
+def test_watch_serves_the_model_once_a_store_that_was_down_is_back(churn_s3):
+    """The store is down when `watch` first needs the model: the deployment is DEAD with the
+    store's line, and watch reads the store again on a backoff (not only at the next resync),
+    so the deployment serves soon after the store is back, with nothing done by hand."""
+    host, server, bucket, tmp_path = churn_s3
+    link = FaultyLink(server.port)
+    link.down_after = 0  # refuses every connection
+    watch = None
+    try:
+        added = cli_process(
+            "secrets", "objectstore", "add", "flaky", "--bucket", bucket,
+            "--endpoint", link.endpoint, "--root", host.root,
+            env={**os.environ, "AWS_ACCESS_KEY_ID": ACCESS_KEY,
+                 "AWS_SECRET_ACCESS_KEY": SECRET_KEY},
+        )  # fmt: skip
+        assert added.code == 0, added.err
+        # Only the flaky one: another deployment's Docker events (its health checks) would
+        # bring passes of their own, and this test is about watch's own retries.
+        (host.root / "manifests/churn.yaml").unlink()
+        (host.root / "manifests/s3.yaml").write_text(FLAKY_MANIFESTS)
+        watch = Watch(host.root, tmp_path / "watch.log", "--resync", "300")
+        waiting = watch.wait_pass(
+            lambda p: "churn-flaky" in p.get("waitingForStores", ()), 60, "a store wait"
+        )
+        assert 0 < waiting["retryInSeconds"] <= 10, waiting
+        dead = host.status()["churn-flaky"]
+        assert dead["status"] == "DEAD" and "does not answer" in dead["statusMessage"], dead
+        link.heal()  # the store is back
+        wait_for(
+            lambda: host.status()["churn-flaky"]["status"] == "RUNNING", 90, "churn-flaky serving"
+        )
+        assert len(predict(host, "churn-flaky")) == 2  # it serves the model
+        healed = watch.wait_pass(lambda p: p.get("result") == "converged", what="the retry")
+        assert healed["trigger"] == ["retry"], watch.text()
+        assert SECRET_KEY not in watch.text() and ACCESS_KEY not in watch.text()
+    finally:
+        if watch is not None:
+            watch.terminate()
+        link.close()

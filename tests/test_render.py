@@ -96,7 +96,7 @@ def test_a_model_artifact_that_cannot_be_mounted_is_rejected_at_the_configuratio
     (line,) = failure(root)
     assert line.startswith("manifests/echo.yaml:")
     assert "/spec/inputArtifactBindings: model artifact gs://bucket/models/echo" in line
-    assert "only file:, ai:// and s3:// URLs can be mounted" in line
+    assert "only file:, ai://, s3:// and https:// URLs can be mounted" in line
     assert "the gs: scheme is not supported yet" in line
 
 

@@ -88,6 +88,15 @@ class Progress:
             self._bar.console.print(line, markup=False, highlight=False)
             self._bar.advance(self._task)
 
+    def note(self, name: str, line: str) -> None:
+        """A line of progress (a model's download): printed, not counted as done."""
+        with self._lock:
+            text = f"{name}: {line}"
+            if self._bar is None:
+                click.echo(text, err=True)
+            else:
+                self._bar.console.print(text, markup=False, highlight=False)
+
     def close(self) -> None:
         if self._bar is not None:
             self._bar.stop()

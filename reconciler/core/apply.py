@@ -42,6 +42,7 @@ DEFAULT_PARALLEL = 16
 SCHEDULED_PARALLEL = 64
 
 Reporter = Callable[[str, str], None]  # (deployment name, what happened)
+Say = Callable[[str], None]  # a line of progress about one deployment
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,9 @@ class Outcome:
     seconds: float
     # The pass was told to stop before this deployment was settled (not a failure of it).
     interrupted: bool = False
+    # It failed for something outside it that may pass (its model's store): the next pass
+    # tries again, and the watch loop brings that pass forward.
+    retry: bool = False
 
     def describe(self) -> str:
         what = self.status or "removed"
@@ -69,10 +73,13 @@ class _Failed(Exception):
     """A deployment could not be brought up; `logs` are the model server's last lines,
     redacted."""
 
-    def __init__(self, reason: str, logs: tuple[str, ...] = ()) -> None:
+    def __init__(self, reason: str, logs: tuple[str, ...] = (), retry: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
         self.logs = logs
+        # Not the configuration's fault (its model's store failed midway): the failed-hash
+        # rule does not hold it, so the next pass tries again (and resumes the download).
+        self.retry = retry
 
     @classmethod
     def of(cls, exc: ConvergeFailed, spec: ContainerSpec) -> _Failed:
@@ -108,7 +115,8 @@ class Applier:
         report: Reporter | None = None,
         stop: threading.Event | None = None,
         drain_seconds: float = DRAIN_SECONDS,
-        prepare: Callable[[ContainerSpec], None] | None = None,
+        prepare: Callable[[ContainerSpec, Say], None] | None = None,
+        note: Reporter | None = None,
     ) -> None:
         self.backend = backend
         self.repo = desired.repo
@@ -119,6 +127,7 @@ class Applier:
         self.stop = stop or threading.Event()
         self.drain_seconds = drain_seconds
         self.prepare = prepare  # gets what a spec needs on the host first (its model)
+        self.note = note or (lambda name, what: None)  # progress on the way (not an outcome)
         self._image_ids: dict[str, str] = {}  # per pass: many deployments share one image
 
     # -- the pass ---------------------------------------------------------------------------
@@ -169,7 +178,10 @@ class Applier:
             return self._interrupted(change.deployment_id, change.name, change.symbol, started)
         except _Failed as failed:
             record = self._failed(change, failed)
-            return self._outcome(change, False, record.status, record.status_message, started)
+            return replace(
+                self._outcome(change, False, record.status, record.status_message, started),
+                retry=failed.retry,
+            )
         # Recorded first, so that gateways route to the new replicas before the old ones go.
         record = self._running(
             d,
@@ -244,12 +256,13 @@ class Applier:
             if change.action == Action.UPDATE and change.update:
                 self._update_resources(change, record)
             if change.create and self.prepare is not None:
-                self.prepare(d.spec)  # the model downloaded into the host's cache, once
+                # The model downloaded into the hosts' cache, once.
+                self.prepare(d.spec, lambda line: self.note(d.name, line))
             converged = self.backend.converge(intent, self.stop)
         except ConvergeFailed as exc:
             raise _Failed.of(exc, d.spec) from None
         except UserError as exc:  # (the store's StoreError: one line, no credential)
-            raise _Failed(str(exc), ()) from None
+            raise _Failed(str(exc), (), retry=True) from None
         if converged.image_id:
             self._image_ids[d.spec.image] = converged.image_id
         return converged
@@ -440,7 +453,7 @@ class Applier:
                 d.id,
                 status=Status.RUNNING,
                 status_message=_short(message),
-                failed_hash=change.config_hash,
+                failed_hash=None if failed.retry else change.config_hash,
                 last_logs=failed.logs,
                 modified_at=iso(now()),
             )
@@ -456,7 +469,7 @@ class Applier:
             status_message=_short(failed.reason + last),
             completion_time=stamp,
             dead_since=stamp,
-            failed_hash=config_hash,
+            failed_hash=None if failed.retry else config_hash,
             last_logs=failed.logs,
             modified_at=stamp,
         )
@@ -482,8 +495,9 @@ def apply_plan(
     parallel: int = DEFAULT_PARALLEL,
     report: Reporter | None = None,
     stop: threading.Event | None = None,
-    prepare: Callable[[ContainerSpec], None] | None = None,
+    prepare: Callable[[ContainerSpec, Say], None] | None = None,
+    note: Reporter | None = None,
 ) -> list[Outcome]:
     return Applier(
-        backend, desired, recorder, revision, parallel, report, stop, prepare=prepare
+        backend, desired, recorder, revision, parallel, report, stop, prepare=prepare, note=note
     ).run(plan)

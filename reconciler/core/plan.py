@@ -161,6 +161,22 @@ class Deadline:
     what: str
 
 
+NOT_HEALED = "not restored, self-heal is off (`reconciler reconcile` restores it)"
+
+
+@dataclass(frozen=True)
+class Drift:
+    """A deployment whose containers were changed outside the reconciler and are left so:
+    out of sync until a person reconciles (or changes the manifests)."""
+
+    deployment_id: str
+    name: str
+    cause: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"deploymentId": self.deployment_id, "name": self.name, "cause": self.cause}
+
+
 @dataclass(frozen=True)
 class Plan:
     changes: tuple[Change, ...]
@@ -172,6 +188,7 @@ class Plan:
     # Restores this plan defers (backoff, unready replicas below their liveness limit): when
     # they are due.
     waits: tuple[Deadline, ...] = ()
+    drift: tuple[Drift, ...] = ()  # changed by hand and not restored (self-heal is off)
 
     @property
     def has_changes(self) -> bool:
@@ -187,6 +204,7 @@ class Plan:
             "formatVersion": FORMAT_VERSION,
             "revision": self.revision,
             "changes": [c.to_json() for c in self.changes],
+            "drift": [d.to_json() for d in self.drift],
             "warnings": list(self.warnings),
             "errors": [
                 {"file": p.file, "line": p.line, "pointer": p.pointer, "message": p.message}
@@ -207,11 +225,13 @@ def plan(
     scales: Mapping[str, Decision] | None = None,
     unavailable: Mapping[str, str] | None = None,
     notes: tuple[str, ...] = (),
+    self_heal: bool = True,
 ) -> Plan:
     """`hashing`: how secret values are sealed in hashes (the instance's key); `scales`: the
     counts `reconciler serve`'s autoscaler asks for now, by deployment id; `unavailable`:
     deployments whose model's store cannot be read, and why (reconciler.core.models);
-    `notes`: warnings from before planning."""
+    `notes`: warnings from before planning; `self_heal` False: containers stopped, removed or
+    added by hand are reported in `Plan.drift` instead of restored."""
     scales = scales or {}
     unavailable = unavailable or {}
     _refuse_foreign(desired, observed)
@@ -222,6 +242,7 @@ def plan(
     settle: list[Pending] = []
     hashes: dict[str, str] = {}
     waits: list[Deadline] = []
+    drift: list[Drift] = []
     for d in desired.deployments:
         containers = by_dep.get(d.id, [])
         image_id = observed.image_id(d.spec.image)
@@ -243,8 +264,11 @@ def plan(
             unready_limit,
             scales.get(d.id),
             unavailable.get(d.id),
+            self_heal,
         )
         problems += outcome.problems
+        if outcome.drift:
+            drift.append(outcome.drift)
         warnings += outcome.warnings
         notice = retirement_notice(d, now, desired.repo.settings.retirement_warning_days)
         if notice:
@@ -269,6 +293,7 @@ def plan(
         hashes,
         revision,
         tuple(waits),
+        tuple(drift),
     )
 
 
@@ -316,6 +341,7 @@ class _Outcome:
     warnings: list[str] = field(default_factory=list)
     settle: bool = False
     wait: Deadline | None = None  # a deferred restore (backoff, liveness)
+    drift: Drift | None = None  # changed by hand, not restored (self-heal is off)
 
 
 def _identities(
@@ -369,6 +395,7 @@ class _Target:
     unready_limit: int | None = None  # seconds a replica may stay unready (None: no limit)
     replicas: int = 1  # how many should run (planned_replicas)
     asked: Decision | None = None  # the autoscaler's request now, if any
+    self_heal: bool = True  # False: containers changed by hand are reported, not restored
 
     @property
     def status(self) -> str | None:
@@ -443,6 +470,7 @@ def _plan_deployment(
     unready_limit: int | None = None,
     asked: Decision | None = None,
     model_problem: str | None = None,
+    self_heal: bool = True,
 ) -> _Outcome:
     config_hash = d.spec.identity(image_id, hashing).config_hash
     t = _Target(
@@ -457,6 +485,7 @@ def _plan_deployment(
         unready_limit,
         planned_replicas(d, rec, config_hash, asked),
         asked,
+        self_heal,
     )
     # The lifecycle's verdicts come first, in this order: a deployment that is gone (tombstone,
     # ttl), retired or stopped is not checked any further; a manifest that breaks a rule
@@ -716,6 +745,12 @@ def _converge(t: _Target, current: list[Replica], stale: list[Replica]) -> _Outc
 
     step = _step(t, stale, work)
     cause = "; ".join(step.causes)
+    if not t.self_heal and step.restore and not work.unresponsive and not work.update:
+        # Drift alone (nothing from git): reported for a person to decide, as Argo CD does
+        # with self-heal off; an unresponsive replica is still restarted (health, not drift).
+        return _Outcome(
+            warnings=[f"{t.d.name}: {cause}: {NOT_HEALED}"], drift=Drift(t.d.id, t.d.name, cause)
+        )
     attempt, failure = 0, None
     if step.restore and t.rec is not None:
         attempt = _restore_attempt(t.rec, t.now)

@@ -8,6 +8,7 @@ plan without a problem, and the state folder can be written (a pass must be reco
 from __future__ import annotations
 
 import functools
+import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -23,7 +24,7 @@ from ..manifests.sources import check_root
 from ..manifests.spec import Hashing
 from .apply import DEFAULT_PARALLEL, SCHEDULED_PARALLEL, Outcome, Reporter, apply_plan
 from .autoscale import Decision
-from .models import Models, default_cache, evict_models, prepare, resolve_models
+from .models import Models, evict_models, prepare, resolve_models
 from .observe import observe
 from .plan import Plan, plan, scale_up
 from .record import (
@@ -37,6 +38,8 @@ from .record import (
     read_snapshot,
     write_snapshot,
 )
+
+log = logging.getLogger("reconciler")
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,9 @@ class PassResult:
     seconds: float = 0.0
     applied: bool = True  # False when the user declined the plan
     desired: DesiredState | None = None  # what the pass worked from (watch's deadlines)
+    # Deployments waiting for their model's store (unreadable, or failed midway): a pass
+    # soon may find it back (watch retries with a backoff).
+    store_waits: tuple[str, ...] = ()
 
     @property
     def converged(self) -> bool:
@@ -91,9 +97,12 @@ def _preview(
     backend: Backend,
     allow_empty: bool,
     scales: Mapping[str, Decision] | None = None,
+    self_heal: bool | None = True,
 ) -> Preview:
     snapshot = read_snapshot(root, desired.repo.instance)
-    desired, models = resolve_models(desired, snapshot)
+    if self_heal is None:
+        self_heal = desired.repo.settings.self_heal
+    desired, models = resolve_models(desired, snapshot, backend.models())
     observed = observe(backend, desired.repo.instance)
     hashing = instance_hashing(desired.repo.instance)
     moment = now()
@@ -110,6 +119,7 @@ def _preview(
             scales=scales,
             unavailable=models.unavailable,
             notes=models.warnings,
+            self_heal=self_heal,
         )
 
     the_plan = planned(observed)
@@ -119,6 +129,10 @@ def _preview(
         observed = replace(observed, memory=memory)
         the_plan = planned(observed)
     return Preview(desired, observed, snapshot, the_plan, models)
+
+
+def _log_note(name: str, line: str) -> None:
+    log.info("%s: %s", name, line)
 
 
 def instance_hashing(instance: str) -> Hashing:
@@ -133,6 +147,7 @@ def reconcile(
     allow_empty: bool = False,
     parallel: int | None = None,
     report: Reporter | None = None,
+    note: Reporter | None = None,
     confirm: Callable[[Plan], bool] | None = None,
     stop: threading.Event | None = None,
     trigger: str = "cli",
@@ -140,11 +155,16 @@ def reconcile(
     revision: str | None = None,
     backend: Backend | None = None,
     scales: Mapping[str, Decision] | None = None,
+    self_heal: bool | None = True,
 ) -> PassResult:
     """One pass. `revision`: apply the manifests committed there (see `preview`); `backend`:
     reuse one (watch keeps one, so that it can tell its own actions' events), else the one
     the manifests' Settings choose; `scales`: replica counts the autoscaler asks for, by
-    deployment id (`reconciler serve`), applied within the manifests' bounds."""
+    deployment id (`reconciler serve`), applied within the manifests' bounds; `self_heal`:
+    whether containers changed by hand are restored (None: as the Settings say; `reconcile`
+    by a person always restores, as a manual sync in Argo CD does). `report` hears
+    each deployment's outcome, `note` progress on the way (a large model's download; default:
+    the log)."""
     started = time.monotonic()
     started_at = iso(now())
     if revision is None:  # (committed manifests: the working tree may lack the folders)
@@ -153,7 +173,7 @@ def reconcile(
     with instance_lock(root, wait=lock_wait):
         desired, revision = _load(root, revision)
         backend = backend or connect(desired.repo.settings)
-        view = _preview(root, desired, revision, backend, allow_empty, scales)
+        view = _preview(root, desired, revision, backend, allow_empty, scales, self_heal)
         the_plan = view.plan
         if the_plan.problems:
             raise ManifestError(the_plan.problems)
@@ -162,7 +182,14 @@ def reconcile(
         if not the_plan.changes and not the_plan.settle:
             if view.snapshot.revision != the_plan.revision and view.snapshot.records:
                 write_snapshot(root, _with_revision(view.snapshot, the_plan.revision))
-            return PassResult(the_plan, seconds=time.monotonic() - started, desired=view.desired)
+            # (a version the last pass replaced is let go now that nothing runs it)
+            evict_models(view.desired, view.snapshot, backend.models())
+            return PassResult(
+                the_plan,
+                seconds=time.monotonic() - started,
+                desired=view.desired,
+                store_waits=_store_waits(view, ()),
+            )
         recorder = Recorder(root, view.snapshot, the_plan.revision)
         try:
             outcomes = apply_plan(
@@ -174,11 +201,15 @@ def reconcile(
                 parallel or _default_parallel(backend),
                 report,
                 stop,
-                prepare=lambda spec: prepare(view.models, default_cache(), spec.model_version),
+                prepare=lambda spec, say: prepare(
+                    view.models, backend.models(), spec.model_version, say
+                ),
+                note=note or _log_note,
             )
         finally:
             recorder.close()  # whatever happened, what was recorded reaches the disk
-        evict_models(view.desired, view.snapshot)
+        # What this pass recorded: a version it replaced is no longer any deployment's.
+        evict_models(view.desired, read_snapshot(root, desired.repo.instance), backend.models())
         seconds = time.monotonic() - started
         result = "converged" if all(o.ok for o in outcomes) else "failed"
         if any(o.interrupted for o in outcomes):
@@ -194,7 +225,19 @@ def reconcile(
                 "failures": [o.describe() for o in outcomes if not o.ok],
             }
         )
-        return PassResult(the_plan, outcomes, seconds, desired=view.desired)
+        return PassResult(
+            the_plan,
+            outcomes,
+            seconds,
+            desired=view.desired,
+            store_waits=_store_waits(view, outcomes),
+        )
+
+
+def _store_waits(view: Preview, outcomes: list[Outcome]) -> tuple[str, ...]:
+    names = {d.id: d.name for d in view.desired.deployments}
+    waiting = {names.get(i, i) for i in view.models.unavailable}
+    return tuple(sorted(waiting | {o.name for o in outcomes if o.retry and not o.ok}))
 
 
 def _with_revision(snapshot: Snapshot, revision: str | None) -> Snapshot:

@@ -136,6 +136,9 @@ def not_serving(rec: Record, containers: list[Replica]) -> str | None:
 
 
 SCALED_TO_ZERO = "scaled to zero: the first request starts a replica"
+# Argo CD's words for whether what runs is what the manifests say (drift, a change not yet
+# reconciled): `status --json`'s syncStatus, the dashboard and /metrics.
+SYNCED, OUT_OF_SYNC = "Synced", "OutOfSync"
 
 
 def scaled_to_zero(rec: Record | None) -> bool:
@@ -262,12 +265,21 @@ def _status(
         out.update(status=Status.UNKNOWN, statusMessage=engine_problem)
         return out
     details = {**(out.get("details") or {}), "scaling": scaling_details(rec, d, containers)}
+    if rec and rec.model_version:
+        # The model's version from its store (the digest `plan` shows the first 12 digits of,
+        # and an artifact URL can pin with ?version=).
+        details["model"] = {"version": rec.model_version}
     if containers:
         details["replicas"] = replica_details(rec, containers)
     out["details"] = details
+    out["syncStatus"] = SYNCED
+    if d is None or (rec and d and rec.configuration_id != d.configuration.id):
+        out["syncStatus"] = OUT_OF_SYNC  # the manifests say otherwise: a reconcile is due
     if rec and rec.status == Status.RUNNING and (problem := not_serving(rec, containers)):
         out["status"] = Status.PENDING
         out["statusMessage"] = problem
+        if not any(c.running for c in serving(rec, containers)):
+            out["syncStatus"] = OUT_OF_SYNC  # changed by hand (drift)
     elif scaled_to_zero(rec) and not serving(rec, containers):
         out["statusMessage"] = _join(out["statusMessage"], SCALED_TO_ZERO)
     if out["status"] == Status.RUNNING and not api_url:

@@ -68,6 +68,7 @@ DEADLINE_SOURCES: list[DeadlineSource] = [plan_deadlines]
 MIN_INTERVAL = 1.0  # seconds from the end of a pass to the start of the next
 LOCK_WAIT = 2.0  # someone else reconciles this root: retry later rather than block shutdown
 RETRY_CAP = 60.0  # an error is retried after 1, 2, 4 ... seconds, at most this (or --resync)
+STORE_RETRY = 5.0  # a model's store that failed: read again after 5, 10, 20 ... s (to --resync)
 EVENTS_BACKOFF_CAP = 30.0  # reconnecting to a stopped engine: 1, 2, 4 ... seconds, at most this
 DEADLINE_SLACK = 0.2  # wake this long after a deadline: the plan's clock has 1 s steps
 # A pass triggered by Docker alone waits this long for the rest of the sequence: one
@@ -88,6 +89,7 @@ class WatchOptions:
     fetch_interval: float = 60.0
     parallel: int | None = None
     allow_empty: bool = False
+    self_heal: bool | None = None  # None: as the Settings say (spec.selfHeal, default true)
 
 
 class Log:
@@ -205,6 +207,7 @@ class Watcher:
         self._pass_wall: datetime = now()  # wall-clock start of the last pass
         self._deadline: tuple[float, str] | None = None  # (monotonic, what)
         self._retry_at: float | None = None
+        self._store_waits = 0  # passes in a row where a deployment waited for its model's store
         self._errors = 0  # passes failed in a row (not counting invalid manifests)
         self._invalid: str | None = None  # revision ("" = working tree) with broken manifests
         self._reported: tuple[Any, ...] | None = None  # the last error logged
@@ -332,6 +335,7 @@ class Watcher:
                 lock_wait=LOCK_WAIT,
                 revision=revision,
                 backend=self.backend,
+                self_heal=self.options.self_heal,
             )
         except ManifestError as exc:
             self._last_end = time.monotonic()
@@ -366,6 +370,12 @@ class Watcher:
             return
         self._last_end = time.monotonic()
         self._invalid, self._errors, self._retry_at, self._reported = None, 0, None, None
+        if result.store_waits:  # a model's store: tried again soon, then less and less often
+            self._store_waits += 1
+            delay = min(STORE_RETRY * 2.0 ** (self._store_waits - 1), self.options.resync)
+            self._retry_at = self._last_end + delay
+        else:
+            self._store_waits = 0
         self._log_pass(trigger, result)
         if result.desired is not None:
             self._instance = result.desired.repo.instance
@@ -395,6 +405,11 @@ class Watcher:
         failures = [o.describe() for o in outcomes if not o.ok and not o.interrupted]
         if failures:
             fields["failures"] = failures
+        if result.plan.drift:  # (every pass while it lasts: it is what a person must decide)
+            fields["drift"] = [f"{d.name}: {d.cause}" for d in result.plan.drift]
+        if result.store_waits and self._retry_at is not None:
+            fields["waitingForStores"] = list(result.store_waits)
+            fields["retryInSeconds"] = round(self._retry_at - self._last_end, 1)
         warnings = tuple(result.plan.warnings)
         if warnings != self._warnings:  # warnings repeat on every pass: logged when they change
             self._warnings = warnings

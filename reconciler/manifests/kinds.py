@@ -168,6 +168,9 @@ class EngineSettings:
     nodes: tuple[str, ...] = ()
     constraints: tuple[str, ...] = ()  # swarm: placement constraints of every deployment
     placement_timeout: int = 60  # swarm: seconds a replica may wait for a node that fits
+    # swarm: the folder on every node that keeps its models from object stores (one folder
+    # per version, filled by the storage initializer's job on the nodes).
+    model_cache: str = "/var/lib/reconciler/models"
 
 
 @dataclass(frozen=True)
@@ -185,6 +188,8 @@ class Settings:
     # spec.unreadyRestartSeconds: a replica without a liveness probe that stays unready this
     # long is restarted (0: never restarted for unreadiness alone).
     unready_restart_seconds: int = DEFAULT_UNREADY_RESTART_SECONDS
+    # spec.selfHeal: watch and serve restore containers changed by hand (false: reported only).
+    self_heal: bool = True
     engine: EngineSettings = EngineSettings()
     doc: Document | None = field(default=None, compare=False, repr=False)
 

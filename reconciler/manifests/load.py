@@ -267,6 +267,7 @@ def _settings(doc: Document, spec: dict[str, Any]) -> Settings:
         if "modelCacheSize" in spec
         else Settings.model_cache_size,
         unready_restart_seconds=spec.get("unreadyRestartSeconds", DEFAULT_UNREADY_RESTART_SECONDS),
+        self_heal=spec.get("selfHeal", True),
         engine=_engine(spec.get("engine") or {}),
         doc=doc,
     )
@@ -279,6 +280,7 @@ def _engine(spec: dict[str, Any]) -> EngineSettings:
         nodes=tuple(spec.get("nodes", ())),
         constraints=tuple(" ".join(c.split()) for c in spec.get("constraints", ())),
         placement_timeout=spec.get("placementTimeoutSeconds", 60),
+        model_cache=spec.get("modelCache", EngineSettings.model_cache).rstrip("/") or "/",
     )
 
 

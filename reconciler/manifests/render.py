@@ -1040,7 +1040,7 @@ def _file_path(root: Path, uri: str) -> str:
         raise ValueError(f"not a valid URL ({exc})") from None
     if parts.scheme.lower() != "file":
         raise ValueError(
-            f"only file:, ai:// and s3:// URLs can be mounted at {MODEL_MOUNT} "
+            f"only file:, ai://, s3:// and https:// URLs can be mounted at {MODEL_MOUNT} "
             f"(the {parts.scheme}: scheme is not supported yet)"
         )
     if parts.netloc not in ("", "localhost"):
@@ -1119,7 +1119,7 @@ def _bound_artifacts(repo: Repository, config: Configuration) -> list[Artifact]:
     return [a for a in found if a is not None]
 
 
-def _tenants_uri(repo: Repository, config: Configuration, uri: str) -> bool:
+def tenants_uri(repo: Repository, config: Configuration, uri: str) -> bool:
     """Whether a model URI comes from a tenant: a tenant's artifact's URL, or anything else a
     tenant's configuration made the template write (a parameter used as STORAGE_URI)."""
     bound = _bound_artifacts(repo, config)
@@ -1175,7 +1175,7 @@ def _finish(
         # An object store's model is mounted from the host's cache once a plan has read the
         # store (reconciler.core.models): no host path here.
         model_path=model_host_path(
-            repo, draft.model_uri, _tenants_uri(repo, config, draft.model_uri)
+            repo, draft.model_uri, tenants_uri(repo, config, draft.model_uri)
         )
         if draft.model_uri and not is_store_url(draft.model_uri)
         else None,

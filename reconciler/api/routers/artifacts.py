@@ -1,5 +1,6 @@
 """/v2/lm/artifacts: a resource group's artifacts; POST registers one as a manifest
-(reconciler.api.writes), its URL checked as a tenant's."""
+(reconciler.api.writes), its URL checked as a tenant's (an https:// one: its origin must be in
+Settings spec.objectStoreEndpoints)."""
 
 from typing import Annotated, Any
 
@@ -7,6 +8,7 @@ from fastapi import APIRouter, Query
 from fastapi.responses import PlainTextResponse
 
 from ...manifests.render import artifact_url_problem
+from ...manifests.store_urls import endpoint_problem, is_store_url, parse_store_url
 from .. import resources as res
 from .. import writes
 from ..context import ApiContext, Caller, CallerDep, ContextDep
@@ -83,6 +85,14 @@ def create_artifact(body: ArtifactIn, ctx: ContextDep, who: CallerDep) -> dict[s
     # A tenant's file: URL may point only into the root's models/ folder or an operator's
     # Settings artifactRoots (symlinks followed): never at the host's other files.
     problem = artifact_url_problem(state.repo, body.url, tenant=True)
+    if problem is None and is_store_url(body.url):
+        # The reconciler downloads an https:// model from its own host: a tenant may name only
+        # an origin the operator allowed, as for an object-store secret's endpoint (SSRF). An
+        # operator's artifact in git may name any.
+        parsed = parse_store_url(body.url)
+        allowed = state.repo.settings.object_store_endpoints
+        refused = endpoint_problem(allowed, parsed.origin) if parsed.scheme == "https" else None
+        problem = f"is refused: {refused}" if refused else None
     if problem is not None:
         raise ApiError(400, f"Artifact url {body.url!r} {problem}")
     new_id = free_id(body.name, lambda i: (who.resource_group, i) in state.repo.artifacts)

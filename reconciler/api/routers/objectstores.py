@@ -5,7 +5,8 @@ What may be read is AI Core's listing: names and `metadata` (bucket, endpoint, r
 prefix), never the credentials. Writes are the tenant's own group's. A tenant's secret may
 name only an endpoint the operator allowed (`Settings.spec.objectStoreEndpoints`; none: AWS
 S3 only): the reconciler sends requests to it, and a tenant must not make it call anything
-else on its network.
+else on its network (reconciler.manifests.store_urls.endpoint_problem, which checks a tenant's
+https:// artifacts too).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from fastapi import APIRouter, Body, Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from ...errors import UserError
+from ...manifests.store_urls import endpoint_problem
 from ...stores.secrets import ObjectStoreSecret, ObjectStoreSecrets, default_path
 from ..context import ApiContext, Caller, CallerDep, ContextDep
 from ..errors import ApiError
@@ -64,12 +66,9 @@ def _secret(ctx: ApiContext, who: Caller, body: SecretIn, name: str) -> ObjectSt
         scheme = "http" if (body.usehttps or "1").lower() in ("0", "false") else "https"
         endpoint = f"{scheme}://{endpoint}"
     allowed = ctx.state().repo.settings.object_store_endpoints
-    if endpoint is not None and endpoint not in allowed:
-        raise ApiError(
-            400,
-            f"endpoint {endpoint} is not one this server may call: an operator adds it to "
-            "Settings spec.objectStoreEndpoints",
-        )
+    problem = endpoint_problem(allowed, endpoint) if endpoint is not None else None
+    if problem is not None:
+        raise ApiError(400, problem)
     data = body.data
     secret = ObjectStoreSecret(
         name=name,
