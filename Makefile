@@ -58,6 +58,7 @@ bench: $(STAMP) images
 	$(BIN)/python bench/reconcile_vs_compose.py 100
 	$(BIN)/python bench/inference_latency.py
 	$(BIN)/python bench/autoscale.py
+	$(BIN)/python bench/dashboard.py 200
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache

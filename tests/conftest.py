@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from reconciler.cli.main import main
+from tests.browser_support import chromium  # noqa: F401  (a fixture: registered here)
 from tests.s3_support import s3_server, s3s_binary  # noqa: F401  (fixtures: registered here)
 from tests.swarm_support import swarm_testbed  # noqa: F401  (a fixture: registered here)
 

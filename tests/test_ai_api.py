@@ -264,7 +264,7 @@ def test_a_write_that_would_break_the_manifests_changes_nothing(api_root):
 
 
 @pytest.mark.engine
-def test_metrics_count_inference_requests(api):
+def test_metrics_count_inference_requests_and_say_what_is_out_of_sync(api, docker_client):
     _, server, team_a, _, _ = api
     deployment = deploy_running(sdk(server, team_a), "tiny-v1")
     bearer = {"Authorization": f"Bearer {token(server, team_a)}"}
@@ -274,6 +274,17 @@ def test_metrics_count_inference_requests(api):
     line = f'reconciler_inference_requests_total{{code="200",deployment="{deployment.id}"}} 3.0'
     assert line in text.decode()
     assert "reconciler_reconcile_passes_total" in text.decode()
+    synced = f'reconciler_deployment_out_of_sync{{deployment="{deployment.id}"}}'
+    assert f"{synced} 0.0" in text.decode()
+    # Its container stopped by hand: out of sync (drift), as status --json's syncStatus says.
+    (container,) = [
+        c
+        for c in docker_client.containers(all=True)
+        if c["Labels"].get("reconciler.deployment-id") == deployment.id
+    ]
+    docker_client.stop(container["Id"], timeout=1)
+    text = request(f"{server.base}/metrics")[2].decode()
+    assert f"{synced} 1.0" in text, text
 
 
 @pytest.mark.engine

@@ -64,6 +64,7 @@ class Client:
     resource_groups: tuple[str, ...]
     secret_hash: str  # "scrypt$<salt b64>$<hash b64>"
     created_at: str
+    read_only: bool = False  # may look (API GETs, the dashboard), never change anything
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -72,6 +73,7 @@ class Client:
             "resourceGroups": list(self.resource_groups),
             "secretHash": self.secret_hash,
             "createdAt": self.created_at,
+            "readOnly": self.read_only,
         }
 
     def public(self) -> dict[str, Any]:
@@ -85,6 +87,7 @@ class Identity:
     client_id: str
     name: str
     resource_groups: tuple[str, ...]
+    read_only: bool = False
 
     def may_use(self, resource_group: str) -> bool:
         return resource_group in self.resource_groups or "*" in self.resource_groups
@@ -193,6 +196,7 @@ class Credentials:
                         tuple(c["resourceGroups"]),
                         c["secretHash"],
                         c.get("createdAt", ""),
+                        bool(c.get("readOnly", False)),
                     )
                     for c in data.get("clients", [])
                 }
@@ -222,7 +226,9 @@ class Credentials:
 
     # -- management -------------------------------------------------------------------------
 
-    def add(self, name: str, resource_groups: list[str]) -> tuple[Client, str]:
+    def add(
+        self, name: str, resource_groups: list[str], read_only: bool = False
+    ) -> tuple[Client, str]:
         """A new client and its secret (shown once; only its hash is stored)."""
         if not _NAME.match(name):
             raise UserError(f"client name {name!r}: use 1-64 letters, digits, '_', '.', '-'")
@@ -240,6 +246,7 @@ class Credentials:
             resource_groups=tuple(dict.fromkeys(resource_groups)),
             secret_hash=_hash_secret(secret),
             created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            read_only=read_only,
         )
         self._save(self._key, {**self.clients, client.client_id: client})
         return client, secret
@@ -305,7 +312,7 @@ class Credentials:
         client = loaded.clients.get(str(claims.get("sub")))
         if client is None:
             raise AuthError("the token's client no longer exists")
-        identity = Identity(client.client_id, client.name, client.resource_groups)
+        identity = Identity(client.client_id, client.name, client.resource_groups, client.read_only)
         if len(loaded.verified) > 10_000:  # bounded: forgeries are never cached, but be safe
             loaded.verified.clear()
         loaded.verified[token] = (identity, float(claims["exp"]))

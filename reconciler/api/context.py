@@ -21,7 +21,7 @@ from fastapi import Depends, Header, Request
 from ..backends import Backend, EngineUnreachable, LogLine
 from ..core.logs import log_window
 from ..core.observe import observe
-from ..core.record import read_snapshot
+from ..core.record import Snapshot, read_snapshot, snapshot_version
 from ..core.status import deployment_statuses
 from ..errors import ManifestError
 from ..files import FileVersion, file_version
@@ -61,6 +61,7 @@ class ApiContext:
         self._stamp: tuple[tuple[str, FileVersion | None], ...] | None = None
         self._state: DesiredState | None = None
         self.problems: tuple[str, ...] = ()
+        self._snapshot: tuple[tuple[FileVersion, str], Snapshot] | None = None
 
     def _files_stamp(self) -> tuple[tuple[str, FileVersion | None], ...]:
         """Which manifest files exist, and which version of each: a cheap change detector."""
@@ -98,8 +99,22 @@ class ApiContext:
 
     # -- the backend's uses ---------------------------------------------------------------------
 
-    def statuses(self, state: DesiredState, base_url: str) -> list[dict[str, Any]]:
+    def snapshot(self, state: DesiredState) -> Snapshot:
+        """The recorded snapshot, parsed again only when its file changed (a pass wrote it):
+        with hundreds of deployments, parsing it costs more than the rest of a status list.
+        Callers only read it."""
+        version = snapshot_version(self.root)  # (before reading: never newer than the file)
+        key = (version, state.repo.instance) if version is not None else None
+        cached = self._snapshot
+        if key is not None and cached is not None and cached[0] == key:
+            return cached[1]
         snapshot = read_snapshot(self.root, state.repo.instance)
+        if key is not None:
+            self._snapshot = (key, snapshot)
+        return snapshot
+
+    def statuses(self, state: DesiredState, base_url: str) -> list[dict[str, Any]]:
+        snapshot = self.snapshot(state)
         observed, problem = None, None
         try:
             observed = observe(self.backend, state.repo.instance, images=False)
@@ -114,8 +129,14 @@ class ApiContext:
         """What the deployment's replicas wrote from `since` to `until`, secrets redacted; None
         when none runs (a DEAD deployment's kept lines are in the state)."""
         declared = state.find_declared(deployment_id)
-        spec = declared.spec if declared else None
-        return log_window(self.backend, state.repo.instance, deployment_id, since, until, spec)
+        if declared is None:
+            # No longer declared (its container runs until the next pass): which of its values
+            # are secret is no longer known, so no live line can be redacted or shown; only
+            # the lines the state kept, redacted when they were kept.
+            return None
+        return log_window(
+            self.backend, state.repo.instance, deployment_id, since, until, declared.spec
+        )
 
 
 # -- the endpoints' dependencies --------------------------------------------------------------
@@ -141,7 +162,11 @@ def authenticate(credentials: Credentials | None, authorization: str | None) -> 
         raise ApiError(401, str(exc)) from None
 
 
+READS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
 def caller(
+    request: Request,
     ctx: ContextDep,
     authorization: Annotated[str | None, Header()] = None,
     ai_resource_group: Annotated[
@@ -153,6 +178,8 @@ def caller(
     group = ai_resource_group or "default"
     if not identity.may_use(group):
         raise ApiError(403, f"client {identity.name} may not use resource group {group}")
+    if identity.read_only and request.method not in READS:
+        raise ApiError(403, f"client {identity.name} is read-only: it may not change anything")
     return Caller(identity, group)
 
 

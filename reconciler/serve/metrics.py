@@ -55,6 +55,13 @@ class Metrics:
             ["deployment", "kind"],
             registry=self.registry,
         )
+        self.out_of_sync = Gauge(
+            "reconciler_deployment_out_of_sync",
+            "1 when what runs is not what the manifests say (drift by hand, or a change not "
+            "reconciled yet), else 0: status --json's syncStatus",
+            ["deployment"],  # (its id only, as the other series: /metrics names no tenant)
+            registry=self.registry,
+        )
         self.passes = Counter(
             "reconciler_reconcile_passes",
             "Reconcile passes run by the server, by result",
@@ -99,6 +106,13 @@ class Metrics:
                 self.replicas.labels(dep, "max").set(policy.max_replicas)
             if dep in decisions:
                 self.replicas.labels(dep, "autoscaler").set(decisions[dep].desired)
+
+    def observe_sync(self, statuses: list[Mapping[str, Any]]) -> None:
+        """Each deployment's syncStatus (reconciler.core.status), as of this scrape."""
+        self.out_of_sync.clear()  # deleted deployments go
+        for s in statuses:
+            out = 1 if s.get("syncStatus") == "OutOfSync" else 0
+            self.out_of_sync.labels(str(s["id"])).set(out)
 
     def observe_pass(self, result: str, seconds: float) -> None:
         self.passes.labels(result).inc()

@@ -37,6 +37,8 @@ from ..api.auth import Credentials, default_credentials_path
 from ..backends import connect
 from ..core.autoscale import Decision
 from ..core.triggers import Triggers, describe
+from ..dashboard import Dashboard
+from ..dashboard import mount as mount_dashboard
 from ..errors import UserError
 from ..manifests.desired import desired_state
 from .gateway import HOLD_SECONDS, MAX_HELD, PREFIX, Gateway
@@ -52,6 +54,7 @@ from .relay import (
 )
 from .routes import Route, RouteTable
 from .scaler import Scaler
+from .traffic import Traffic
 
 REFRESH_SECONDS = 0.5
 _PREFIX = PREFIX.encode()
@@ -125,7 +128,12 @@ class BackgroundReconciler:
             started = time.monotonic()
             try:
                 result = reconcile(
-                    self.root, trigger=why, stop=self._stop, lock_wait=600, scales=scales
+                    self.root,
+                    trigger=why,
+                    stop=self._stop,
+                    lock_wait=600,
+                    scales=scales,
+                    self_heal=None,  # (the Settings say: spec.selfHeal)
                 )
                 for warning in result.plan.warnings:
                     log.warning("%s", warning)
@@ -161,13 +169,14 @@ class App:
                     "or run `reconciler serve --no-auth` for local development only"
                 )
         self.metrics = Metrics()
+        self.traffic = Traffic()
         self.table = RouteTable(options.root, repo.instance, repo.settings.publish_address, backend)
         self.reconciler = BackgroundReconciler(options.root, self.metrics)
         self.gateway = Gateway(
             self.table,
             timeout=options.timeout,
             authorize=self._authorize,
-            observe=self.metrics.observe_request,
+            observe=self._observe,
             in_flight=self.metrics.observe_in_flight,
             max_held=options.max_held,
             hold_seconds=options.hold_seconds,
@@ -180,6 +189,7 @@ class App:
             options.root, backend, self.credentials, self.reconciler.trigger, options.api_url
         )
         self.api = create_app(self.context)
+        mount_dashboard(self.api, Dashboard(self.context, self.traffic.series))
         self._add_metrics_route()
         self._refresher: asyncio.Task[None] | None = None
         self.api_relay = ApiRelay("")  # its address is known once serve() made the socket
@@ -205,6 +215,10 @@ class App:
             return 404, f"Deployment {route.deployment_id} not found"
         return None
 
+    def _observe(self, deployment: str, seconds: float, code: int, upstream_ok: bool) -> None:
+        self.metrics.observe_request(deployment, seconds, code, upstream_ok)
+        self.traffic.observe(deployment, seconds, code, upstream_ok)
+
     def _add_metrics_route(self) -> None:
         from fastapi.responses import Response
 
@@ -212,6 +226,8 @@ class App:
         def metrics() -> Any:
             self.gateway.flush_metrics()  # the inference requests up to now, to the last one
             self.metrics.observe_scaling(self.table.all(), self.scaler)
+            with contextlib.suppress(ApiError):  # (invalid manifests: no sync to say)
+                self.metrics.observe_sync(self.context.statuses(self.context.state(), ""))
             return Response(self.metrics.render(), media_type=CONTENT_TYPE)
 
     def dispatch(self, ex: Exchange) -> None:
@@ -252,6 +268,7 @@ class App:
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(self.options.refresh_seconds)
+            self.gateway.flush_metrics()  # (the dashboard's charts follow without a scrape)
             try:
                 await loop.run_in_executor(None, self.table.refresh)
             except Exception:  # a bad snapshot must not end routing; the next tick retries
