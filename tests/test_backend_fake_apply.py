@@ -278,3 +278,23 @@ def test_the_fakes_events_tell_its_own_actions_from_drift(root: Root) -> None:
         if len(got) == 2:
             stream.close()
     assert got == [("die", False), ("destroy", True)]
+
+
+def test_with_self_heal_off_in_the_settings_drift_is_reported_not_restored(root: Root) -> None:
+    """Settings spec.selfHeal: false: the passes of watch and serve (self_heal=None: as the
+    Settings say) report a container removed by hand as drift and leave it; a person's
+    reconcile (the command line's default) restores it."""
+    settings = root.path / "manifests/settings.yaml"
+    settings.write_text(SETTINGS + "  selfHeal: false\n")
+    root.declare(configuration("tiny-v1"), deployment("tiny", "tiny-v1"))
+    root.reconcile()
+    root.fake.remove_by_hand("tiny")
+    result = reconcile(root.path, backend=root.fake, trigger="watch", self_heal=None)
+    assert result.plan.changes == () and result.outcomes == []
+    (drift,) = result.plan.drift
+    assert drift.name == "tiny" and drift.cause == "container removed outside the reconciler"
+    assert any("self-heal is off" in w for w in result.plan.warnings)
+    assert result.plan.to_json()["drift"] == [drift.to_json()]
+    assert root.running("tiny") == []
+    assert root.reconcile().converged  # the command line: self_heal=True
+    assert root.running("tiny") == ["tiny-v1"]

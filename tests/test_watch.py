@@ -232,6 +232,41 @@ def test_removed_or_stopped_containers_are_restored_and_the_drift_recorded(
     assert w.terminate() == 0
 
 
+def test_no_self_heal_reports_drift_and_leaves_the_containers_as_they_are(
+    host, watcher, docker_client
+):
+    """`watch --no-self-heal` (Argo CD's self-heal off): a container removed or stopped by
+    hand is reported on every pass (its log's `drift`, status `syncStatus: OutOfSync`) and
+    left so; a git change still applies; a person's `reconciler reconcile` restores it."""
+    host.write(docs(configuration("tiny-v1"), deployment("tiny", "tiny-v1")))
+    w = watcher("--resync", "1", "--no-self-heal")
+    w.wait_pass(lambda p: p["result"] == "converged", what="the first pass")
+    first = host.container_of("tiny")["Id"]
+    docker_client.stop(first, timeout=1)
+    reported = w.wait_pass(lambda p: "drift" in p, what="the drift reported")
+    (line,) = reported["drift"]
+    assert line.startswith("tiny: container exited with code") and "outside" in line, line
+    assert reported["changes"] == [] and reported["result"] == "no-op"
+    # Several passes later (resync every second), still reported, still not restored.
+    w.wait_pass(lambda p: "drift" in p and p["time"] > reported["time"], what="later passes")
+    assert [c["Id"] for c in host.containers()] == [first]
+    assert host.container_of("tiny")["State"] == "exited"
+    status = host.status()["tiny"]
+    assert status["syncStatus"] == "OutOfSync" and status["status"] == "PENDING", status
+    assert "outside the reconciler" in status["statusMessage"]
+    # A change in git is applied as ever (it replaces the stopped container with v2).
+    host.write(docs(configuration("tiny-v2", version="2"), deployment("tiny", "tiny-v2")))
+    wait_for(lambda: running(host, "tiny", "tiny-v2"), timeout=30, what="the git change")
+    second = host.container_of("tiny")["Id"]
+    docker_client.remove_container(second, force=True)
+    w.wait_pass(lambda p: any(d.startswith("tiny: container removed") for d in p.get("drift", ())))
+    assert host.containers() == []
+    assert w.terminate() == 0
+    # A person decides: reconcile restores it.
+    host.reconcile()
+    assert running(host, "tiny", "tiny-v2") and host.status()["tiny"]["syncStatus"] == "Synced"
+
+
 def test_sigterm_during_a_pass_releases_the_lock_and_the_next_start_converges(host, watcher):
     from reconciler.core.record import instance_lock
 

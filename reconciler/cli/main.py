@@ -157,6 +157,14 @@ def _revision_option(f: F) -> F:
     "--json", "as_json", is_flag=True, help="Print the plan as JSON (with a format version)."
 )
 @click.option(
+    "--format",
+    "output",
+    type=click.Choice(["text", "json", "markdown"]),
+    default="text",
+    help="text (default); json (as --json); markdown: a comment for a merge request, errors "
+    "included (exit 1 then, as with --json).",
+)
+@click.option(
     "--detailed-exitcode",
     is_flag=True,
     help="Exit 0 when there is nothing to change, 2 when there are changes, 1 on error.",
@@ -168,6 +176,7 @@ def plan_command(
     ctx: click.Context,
     root: Path | None,
     as_json: bool,
+    output: str,
     detailed_exitcode: bool,
     allow_empty: bool,
     revision: str | None,
@@ -176,8 +185,21 @@ def plan_command(
     from ..core.reconcile import preview
     from .present import plan_text
 
+    if output == "markdown":
+        from .plan_markdown import plan_markdown, unplannable
+
+        try:
+            the_plan = preview(_root(ctx, root), allow_empty=allow_empty, revision=revision).plan
+        except ManifestError as exc:  # (the comment says what is wrong, rather than nothing)
+            the_plan = unplannable(exc.problems, revision)
+        click.echo(plan_markdown(the_plan))
+        if the_plan.problems:
+            ctx.exit(1)
+        if detailed_exitcode and the_plan.has_changes:
+            ctx.exit(2)
+        return
     the_plan = preview(_root(ctx, root), allow_empty=allow_empty, revision=revision).plan
-    if as_json:
+    if as_json or output == "json":
         _json_out(the_plan.to_json())
         if the_plan.problems:
             ctx.exit(1)
@@ -219,6 +241,7 @@ def _run_pass(
             allow_empty=allow_empty,
             parallel=parallel,  # None: apply's default
             report=progress,
+            note=progress.note,
             confirm=accept,
             lock_wait=lock_timeout,
             revision=revision,
@@ -530,6 +553,11 @@ def _credentials_option(f: F) -> F:
     required=True,
     help="A resource group the client may use (repeatable; '*' for all).",
 )
+@click.option(
+    "--read-only",
+    is_flag=True,
+    help="The client may read (the AI API's GETs, the dashboard) but change nothing.",
+)
 @_root_option
 @_credentials_option
 @click.option("--json", "as_json", is_flag=True, help="Print the new client as JSON.")
@@ -538,19 +566,22 @@ def clients_add(
     ctx: click.Context,
     name: str,
     groups: tuple[str, ...],
+    read_only: bool,
     root: Path | None,
     credentials: Path | None,
     as_json: bool,
 ) -> None:
     """Create a client; its secret is printed once and stored only as a hash."""
     store = _credentials(ctx, root, credentials)
-    client, secret = store.add(name, list(groups))
+    client, secret = store.add(name, list(groups), read_only=read_only)
     if as_json:
         _json_out({**client.public(), "clientSecret": secret, "credentials": str(store.path)})
         return
     click.echo(f"client_id:     {client.client_id}")
     click.echo(f"client_secret: {secret}")
     click.echo(f"resource groups: {', '.join(client.resource_groups)}")
+    if client.read_only:
+        click.echo("read-only: it may look, not change anything")
     click.echo(f"(stored in {store.path}; the secret is not shown again)")
 
 
@@ -638,6 +669,12 @@ def clients_rotate_key(ctx: click.Context, root: Path | None, credentials: Path 
     help="Deployments worked on at the same time (default 16).",
 )
 @click.option("--allow-empty", is_flag=True, help="Allow deleting every deployment.")
+@click.option(
+    "--no-self-heal",
+    is_flag=True,
+    help="Report containers stopped, removed or added by hand as out of sync instead of "
+    "restoring them (as Settings spec.selfHeal: false); `reconciler reconcile` restores them.",
+)
 @click.pass_context
 def watch_command(
     ctx: click.Context,
@@ -650,9 +687,11 @@ def watch_command(
     fetch_interval: float,
     parallel: int | None,
     allow_empty: bool,
+    no_self_heal: bool,
 ) -> None:
     """Reconcile continuously: on manifest changes (or commits), Docker events, deadlines and
-    every --resync seconds; undoes drift. Logs one JSON line per pass to stderr."""
+    every --resync seconds; undoes drift (unless --no-self-heal). Logs one JSON line per pass
+    to stderr."""
     from ..core.watch import WatchOptions, watch
 
     if (branch or remote) and not use_git:
@@ -667,6 +706,7 @@ def watch_command(
         fetch_interval=fetch_interval,
         parallel=parallel,
         allow_empty=allow_empty,
+        self_heal=False if no_self_heal else None,
     )
     ctx.exit(watch(options))
 
