@@ -21,6 +21,7 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,14 @@ def iso(moment: datetime | None) -> str | None:
 def parse_iso(text: str | None) -> datetime | None:
     if not text:
         return None
+    return _parse_iso(text)
+
+
+# A status listing parses each deployment's recorded times several times per request, and
+# strptime is slow (about 0.1 ms a call: 40 ms of a 200-deployment page, bench/dashboard.py);
+# the same few hundred strings come back on every request.
+@lru_cache(maxsize=4096)
+def _parse_iso(text: str) -> datetime:
     return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
 
 
