@@ -21,6 +21,45 @@ import pytest
 PROJECT = Path(__file__).resolve().parent.parent
 ACCESS_KEY = "reconciler-test-key"
 SECRET_KEY = "reconciler-test-secret-0123456789"
+# One customer's record, as the churn model's tests send it.
+CHURN_RECORD = {
+    "region": 3, "tenure": 37, "age": 53, "address": 13, "income": 48, "employ": 10,
+    "gender": 0, "equip": 0,
+}  # fmt: skip
+
+
+def store_configuration(suffix: str, url: str) -> str:
+    """Manifests of a model artifact `churn-model-<suffix>` at `url` (a store's URL) and a
+    configuration `churn-<suffix>` of the churn serving template bound to it."""
+    return f"""---
+apiVersion: reconciler/v1
+kind: Artifact
+metadata: {{name: churn-model-{suffix}}}
+spec: {{kind: model, url: "{url}", scenarioId: churn}}
+---
+apiVersion: reconciler/v1
+kind: Configuration
+metadata: {{name: churn-{suffix}}}
+spec:
+  executableId: churn-serving
+  scenarioId: churn
+  versionId: "1"
+  inputArtifactBindings: [{{key: churnmodel, artifactId: churn-model-{suffix}}}]
+"""
+
+
+def deployment(name: str, configuration: str) -> str:
+    return f"""---
+apiVersion: reconciler/v1
+kind: Deployment
+metadata: {{name: {name}}}
+spec: {{configurationId: {configuration}}}
+"""
+
+
+def churn_from_store(suffix: str, url: str) -> str:
+    """store_configuration's two manifests and a deployment `churn-<suffix>` of it."""
+    return store_configuration(suffix, url) + deployment(f"churn-{suffix}", f"churn-{suffix}")
 
 
 @dataclass

@@ -18,62 +18,28 @@ import pytest
 
 from tests.conftest import PROJECT, cli_process, git
 from tests.engine_support import Host, Server, make_host, request, wait_for
-from tests.s3_support import ACCESS_KEY, SECRET_KEY, FaultyLink, S3Server
+from tests.s3_support import (
+    ACCESS_KEY,
+    CHURN_RECORD,
+    SECRET_KEY,
+    FaultyLink,
+    S3Server,
+    churn_from_store,
+    deployment,
+    store_configuration,
+)
 from tests.test_ai_api import add_client, sdk
 from tests.test_watch import Watch
 
 pytestmark = [pytest.mark.engine, pytest.mark.timeout(600, func_only=True)]
 
-RECORD = {
-    "region": 3, "tenure": 37, "age": 53, "address": 13, "income": 48, "employ": 10,
-    "gender": 0, "equip": 0,
-}  # fmt: skip
-S3_MANIFESTS = """
-apiVersion: reconciler/v1
-kind: Artifact
-metadata: {name: churn-model-s3}
-spec: {kind: model, url: "ai://models/churn/1", scenarioId: churn}
----
-apiVersion: reconciler/v1
-kind: Artifact
-metadata: {name: churn-model-nowhere}
-spec: {kind: model, url: "ai://nobody/churn/1", scenarioId: churn}
----
-apiVersion: reconciler/v1
-kind: Configuration
-metadata: {name: churn-s3}
-spec:
-  executableId: churn-serving
-  scenarioId: churn
-  versionId: "1"
-  inputArtifactBindings: [{key: churnmodel, artifactId: churn-model-s3}]
----
-apiVersion: reconciler/v1
-kind: Configuration
-metadata: {name: churn-nowhere}
-spec:
-  executableId: churn-serving
-  scenarioId: churn
-  versionId: "1"
-  inputArtifactBindings: [{key: churnmodel, artifactId: churn-model-nowhere}]
----
-apiVersion: reconciler/v1
-kind: Deployment
-metadata: {name: churn-s3}
-spec: {configurationId: churn-s3}
----
-apiVersion: reconciler/v1
-kind: Deployment
-metadata: {name: churn-s3-twin}
-spec: {configurationId: churn-s3}
-"""
-NOWHERE = """
----
-apiVersion: reconciler/v1
-kind: Deployment
-metadata: {name: churn-nowhere}
-spec: {configurationId: churn-nowhere}
-"""
+S3_MANIFESTS = (
+    store_configuration("s3", "ai://models/churn/1")
+    + store_configuration("nowhere", "ai://nobody/churn/1")
+    + deployment("churn-s3", "churn-s3")
+    + deployment("churn-s3-twin", "churn-s3")
+)
+NOWHERE = deployment("churn-nowhere", "churn-nowhere")
 
 
 @pytest.fixture
@@ -111,7 +77,7 @@ def upload(server: S3Server, bucket: str, version: int) -> None:
 def predict(host: Host, name: str) -> list[float]:
     url = host.status()[name]["deploymentUrl"] + "/v1/models/churn:predict"
     code, _, raw = request(
-        url, data=json.dumps(RECORD).encode(), headers={"Content-Type": "application/json"}
+        url, data=json.dumps(CHURN_RECORD).encode(), headers={"Content-Type": "application/json"}
     )
     assert code == 200, raw
     return json.loads(raw)["probabilities"][0]
@@ -163,26 +129,7 @@ def test_a_model_from_s3_serves_like_file_rolls_on_a_new_upload_and_leaks_nothin
         assert SECRET_KEY not in text and ACCESS_KEY not in text
 
 
-SDK_MANIFESTS = """
-apiVersion: reconciler/v1
-kind: Artifact
-metadata: {name: churn-model-sdk}
-spec: {kind: model, url: "ai://sdk-models/churn/1", scenarioId: churn}
----
-apiVersion: reconciler/v1
-kind: Configuration
-metadata: {name: churn-sdk}
-spec:
-  executableId: churn-serving
-  scenarioId: churn
-  versionId: "1"
-  inputArtifactBindings: [{key: churnmodel, artifactId: churn-model-sdk}]
----
-apiVersion: reconciler/v1
-kind: Deployment
-metadata: {name: churn-sdk}
-spec: {configurationId: churn-sdk}
-"""
+SDK_MANIFESTS = churn_from_store("sdk", "ai://sdk-models/churn/1")
 
 
 def test_a_secret_made_with_saps_sdk_serves_the_model_too(churn_s3):
@@ -216,26 +163,7 @@ def test_a_secret_made_with_saps_sdk_serves_the_model_too(churn_s3):
         assert SECRET_KEY not in text and ACCESS_KEY not in text
 
 
-FLAKY_MANIFESTS = """
-apiVersion: reconciler/v1
-kind: Artifact
-metadata: {name: churn-model-flaky}
-spec: {kind: model, url: "ai://flaky/churn/1", scenarioId: churn}
----
-apiVersion: reconciler/v1
-kind: Configuration
-metadata: {name: churn-flaky}
-spec:
-  executableId: churn-serving
-  scenarioId: churn
-  versionId: "1"
-  inputArtifactBindings: [{key: churnmodel, artifactId: churn-model-flaky}]
----
-apiVersion: reconciler/v1
-kind: Deployment
-metadata: {name: churn-flaky}
-spec: {configurationId: churn-flaky}
-"""
+FLAKY_MANIFESTS = churn_from_store("flaky", "ai://flaky/churn/1")
 
 
 def test_watch_serves_the_model_once_a_store_that_was_down_is_back(churn_s3):

@@ -31,78 +31,18 @@ from reconciler.stores.s3 import Location
 from reconciler.stores.secrets import ObjectStoreSecret
 from tests.conftest import PROJECT, cli, cli_process, git
 from tests.engine_support import Server, free_port, request
-from tests.s3_support import ACCESS_KEY, SECRET_KEY, S3Server
+from tests.s3_support import ACCESS_KEY, CHURN_RECORD, SECRET_KEY, S3Server, churn_from_store
 from tests.swarm_support import Testbed
 
 pytestmark = [pytest.mark.timeout(600, func_only=True)]
 
 JOB = "reconciler.model-job"
-RECORD = {
-    "region": 3, "tenure": 37, "age": 53, "address": 13, "income": 48, "employ": 10,
-    "gender": 0, "equip": 0,
-}  # fmt: skip
-S3_MANIFESTS = """
-apiVersion: reconciler/v1
-kind: Artifact
-metadata: {name: churn-model-s3}
-spec: {kind: model, url: "ai://models/churn/1", scenarioId: churn}
----
-apiVersion: reconciler/v1
-kind: Configuration
-metadata: {name: churn-s3}
-spec:
-  executableId: churn-serving
-  scenarioId: churn
-  versionId: "1"
-  inputArtifactBindings: [{key: churnmodel, artifactId: churn-model-s3}]
----
-apiVersion: reconciler/v1
-kind: Deployment
-metadata: {name: churn-s3}
-spec: {configurationId: churn-s3}
-"""
+S3_MANIFESTS = churn_from_store("s3", "ai://models/churn/1")
 # A secret whose key the store refuses; one whose endpoint (this host's loopback) the
 # reconciler reaches and the nodes do not.
-FAULTY_MANIFESTS = """
----
-apiVersion: reconciler/v1
-kind: Artifact
-metadata: {name: churn-model-wrong}
-spec: {kind: model, url: "ai://wrong/churn/1", scenarioId: churn}
----
-apiVersion: reconciler/v1
-kind: Configuration
-metadata: {name: churn-wrong}
-spec:
-  executableId: churn-serving
-  scenarioId: churn
-  versionId: "1"
-  inputArtifactBindings: [{key: churnmodel, artifactId: churn-model-wrong}]
----
-apiVersion: reconciler/v1
-kind: Deployment
-metadata: {name: churn-wrong}
-spec: {configurationId: churn-wrong}
----
-apiVersion: reconciler/v1
-kind: Artifact
-metadata: {name: churn-model-loopback}
-spec: {kind: model, url: "ai://loopback/churn/2", scenarioId: churn}
----
-apiVersion: reconciler/v1
-kind: Configuration
-metadata: {name: churn-loopback}
-spec:
-  executableId: churn-serving
-  scenarioId: churn
-  versionId: "1"
-  inputArtifactBindings: [{key: churnmodel, artifactId: churn-model-loopback}]
----
-apiVersion: reconciler/v1
-kind: Deployment
-metadata: {name: churn-loopback}
-spec: {configurationId: churn-loopback}
-"""
+FAULTY_MANIFESTS = churn_from_store("wrong", "ai://wrong/churn/1") + churn_from_store(
+    "loopback", "ai://loopback/churn/2"
+)
 
 
 @dataclass
@@ -148,7 +88,7 @@ class ModelSwarm:
 
 
 def predict(url: str) -> list[float]:
-    body = json.dumps(RECORD).encode()
+    body = json.dumps(CHURN_RECORD).encode()
     code, _, raw = request(
         url + "/v1/models/churn:predict", data=body, headers={"Content-Type": "application/json"}
     )

@@ -263,9 +263,7 @@ async def stop(request: Request, deployment_id: str) -> Response:
     viewer = signed_in(request)
     ctx = _dash(request).ctx
     form = await _form(request)
-    if not viewer.may_write or not _dash(request).sessions.csrf_ok(
-        request, viewer, form.get(CSRF_FIELD)
-    ):
+    if not _may_act(request, viewer, form):
         return _forbidden(_dash(request), request, viewer)
     status = await run_in_threadpool(_visible_status, ctx, request, viewer, deployment_id)
     who = Caller(viewer.identity, str(status["resourceGroup"]))
@@ -283,9 +281,7 @@ async def reconcile_now(request: Request) -> Response:
     viewer = signed_in(request)
     ctx = _dash(request).ctx
     form = await _form(request)
-    if not viewer.may_write or not _dash(request).sessions.csrf_ok(
-        request, viewer, form.get(CSRF_FIELD)
-    ):
+    if not _may_act(request, viewer, form):
         return _forbidden(_dash(request), request, viewer)
     ctx.trigger(f"dashboard: reconcile now by {viewer.identity.name}")
     return _redirect("/ui/?notice=reconcile")
@@ -431,6 +427,13 @@ def _query(**values: str) -> str:
 
 def _redirect(target: str) -> RedirectResponse:
     return RedirectResponse(target, status_code=303, headers=SECURITY_HEADERS)
+
+
+def _may_act(request: Request, viewer: Viewer, form: dict[str, str]) -> bool:
+    """An action's gate: a client allowed to write, and the form's CSRF token is its own."""
+    return viewer.may_write and _dash(request).sessions.csrf_ok(
+        request, viewer, form.get(CSRF_FIELD)
+    )
 
 
 def _forbidden(dashboard: Dashboard, request: Request, viewer: Viewer) -> HTMLResponse:
