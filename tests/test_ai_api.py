@@ -283,8 +283,11 @@ def test_metrics_count_inference_requests_and_say_what_is_out_of_sync(api, docke
         if c["Labels"].get("reconciler.deployment-id") == deployment.id
     ]
     docker_client.stop(container["Id"], timeout=1)
-    text = request(f"{server.base}/metrics")[2].decode()
-    assert f"{synced} 1.0" in text, text
+    # (serve may answer from a container list up to routes.RECENT_SECONDS old)
+    wait_for(
+        lambda: f"{synced} 1.0" in request(f"{server.base}/metrics")[2].decode(),
+        what="out of sync in /metrics",
+    )
 
 
 @pytest.mark.engine

@@ -104,6 +104,37 @@ def test_unknown_and_not_running_deployments_get_ai_api_errors(served):
 
 
 @pytest.mark.engine
+def test_serves_status_answers_follow_a_container_removed_by_hand(served, docker_client):
+    """serve answers status from its routing table's container list while that is recent
+    (routes.RECENT_SECONDS) and no pass has recorded anything since: a container removed by
+    hand shows there as in `reconciler status` soon after, and a pass's restore at once."""
+    host, server = served
+    host.write(docs(configuration("tiny-v1"), deployment("tiny", "tiny-v1")))
+    host.reconcile()
+    api = f"{server.base}/v2/lm/deployments/{host.status()['tiny']['id']}"
+
+    def answered() -> dict:
+        code, _, body = request(api, headers={"AI-Resource-Group": "default"})
+        assert code == 200, body
+        return json.loads(body)
+
+    wait_for(lambda: answered()["status"] == "RUNNING", what="RUNNING in serve's answer")
+    label = f"reconciler.instance={host.instance}"
+    for c in docker_client.containers(all=True, filters={"label": label}):
+        docker_client.remove_container(c["Id"], force=True)
+    cli = host.status()["tiny"]
+    assert cli["status"] == "PENDING" and cli["statusMessage"], cli
+    wait_for(
+        lambda: (
+            (a := answered())["status"] == "PENDING" and a["statusMessage"] == cli["statusMessage"]
+        ),
+        what="serve's answer to show the container removed by hand",
+    )
+    host.reconcile()  # restores it and records that: no list from before it is taken
+    assert answered()["status"] == "RUNNING"
+
+
+@pytest.mark.engine
 def test_requests_are_balanced_across_replicas(served):
     host, _ = served
     host.write(

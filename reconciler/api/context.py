@@ -18,7 +18,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Header, Request
 
-from ..backends import Backend, EngineUnreachable, LogLine
+from ..backends import Backend, EngineUnreachable, LogLine, Observed
 from ..core.logs import log_window
 from ..core.observe import observe
 from ..core.record import Snapshot, read_snapshot, snapshot_version
@@ -50,9 +50,13 @@ class ApiContext:
         credentials: Credentials | None,
         trigger: Callable[[str], None],
         api_url: str | None = None,
+        recent: Callable[[str], Observed | None] | None = None,
     ) -> None:
         self.root = root
         self.backend = backend
+        # An instance's containers as someone listed them a moment ago (serve's routing
+        # table), or None: statuses list them then.
+        self.recent = recent
         self.credentials = credentials  # None: --no-auth
         self.trigger = trigger
         self.api_url = api_url
@@ -116,10 +120,13 @@ class ApiContext:
     def statuses(self, state: DesiredState, base_url: str) -> list[dict[str, Any]]:
         snapshot = self.snapshot(state)
         observed, problem = None, None
-        try:
-            observed = observe(self.backend, state.repo.instance, images=False)
-        except EngineUnreachable as exc:
-            problem = str(exc)
+        if self.recent is not None:
+            observed = self.recent(state.repo.instance)
+        if observed is None:
+            try:
+                observed = observe(self.backend, state.repo.instance, images=False)
+            except EngineUnreachable as exc:
+                problem = str(exc)
         api_url = self.api_url or state.repo.settings.api_url or base_url
         return deployment_statuses(snapshot, state, observed, problem, api_url=api_url)
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 
-from ..backends import Backend, EngineUnreachable, Replica
+from ..backends import Backend, EngineUnreachable, Observed, Replica
 from ..core.lifecycle import Status
 from ..core.observe import observe
 from ..core.record import read_snapshot, snapshot_version
@@ -69,8 +69,22 @@ def relay_targets(replicas: list[Replica], endpoints: Mapping[str, str]) -> tupl
     return tuple(endpoints[c.id] for c in serving_replicas(replicas) if c.id in endpoints)
 
 
+# How old the table's container list may be for `reconciler serve`'s status answers (the AI
+# API's and the dashboard's) to take it instead of listing the engine's containers again: two
+# refresh periods. With hundreds of containers one list is most of a status answer (about
+# 60 ms of a 200-deployment dashboard page on a 2-core host, bench/dashboard.py), and the
+# engine answers slower still while the table's own list runs beside it.
+RECENT_SECONDS = 1.0
+
+
 def build_routes(root: Path, instance: str, backend: Backend, publish: str) -> dict[str, Route]:
-    snapshot = read_snapshot(root, instance)
+    return _routes_and_containers(root, instance, backend, publish)[0]
+
+
+def _routes_and_containers(
+    root: Path, instance: str, backend: Backend, publish: str
+) -> tuple[dict[str, Route], Observed]:
+    snapshot = read_snapshot(root, instance)  # (first: the containers are never older)
     observed = observe(backend, instance, images=False)
     by_dep = observed.by_deployment()
     endpoints = backend.endpoints(observed.containers, publish)
@@ -104,7 +118,7 @@ def build_routes(root: Path, instance: str, backend: Backend, publish: str) -> d
                 (),
                 "not reconciled yet: the reconciler is starting it",
             )
-    return routes
+    return routes, observed
 
 
 class RouteTable:
@@ -120,6 +134,8 @@ class RouteTable:
         self._refresh_lock = threading.Lock()
         self._refreshed_at = 0.0
         self._stamp: FileVersion | None = None  # the snapshot file read last
+        # The last refresh's container list: when it was taken, and the snapshot's version then.
+        self._seen: tuple[Observed, float, FileVersion | None] | None = None
 
     def get(self, deployment_id: str) -> Route | None:
         return self._routes.get(deployment_id)
@@ -148,14 +164,30 @@ class RouteTable:
         with self._refresh_lock:
             self._refresh()
 
+    def recent(self, instance: str) -> Observed | None:
+        """The containers the last refresh listed, if that is under RECENT_SECONDS old and no
+        pass has written the snapshot since (so they are never older than the records they
+        are shown with); None otherwise: the caller lists them itself."""
+        seen = self._seen
+        if seen is None or instance != self.instance:
+            return None
+        observed, at, stamp = seen
+        if time.monotonic() - at > RECENT_SECONDS or snapshot_version(self.root) != stamp:
+            return None
+        return observed
+
     def _refresh(self) -> None:
         self._refreshed_at = time.monotonic()
         self._stamp = snapshot_version(self.root)
         try:
-            fresh = build_routes(self.root, self.instance, self.backend, self.publish)
+            fresh, observed = _routes_and_containers(
+                self.root, self.instance, self.backend, self.publish
+            )
         except EngineUnreachable as exc:
             self.problem = str(exc)
+            self._seen = None
             return
+        self._seen = (observed, self._refreshed_at, self._stamp)
         old = self._routes
         # Keep each route's round-robin position when nothing about it changed.
         self._routes = MappingProxyType(

@@ -186,7 +186,12 @@ class App:
             self.scaler = Scaler(options.root, self.gateway, self.table, self.reconciler.scale)
             self.gateway.wake = self.scaler.wake
         self.context = ApiContext(
-            options.root, backend, self.credentials, self.reconciler.trigger, options.api_url
+            options.root,
+            backend,
+            self.credentials,
+            self.reconciler.trigger,
+            options.api_url,
+            recent=self.table.recent,
         )
         self.api = create_app(self.context)
         mount_dashboard(self.api, Dashboard(self.context, self.traffic.series))
