@@ -19,6 +19,10 @@ file next to the root).
    code the route runs, timed apart; median of `--requests`): the statuses (the engine's
    containers, the recorded snapshot, the desired state: `ApiContext.statuses`), the rows
    (`pages.deployment_rows`), the filtering and sorting (`pages.listing`), and the template.
+   Here the statuses list the containers themselves (serve takes its routing table's list
+   while under a second old, `serve/routes.py` RECENT_SECONDS): what one list costs.
+   The host's load average is printed beside: 200 containers' health checks (one exec each
+   every 10 s) keep a 2-core host busy, and every number here moves with it.
 3. In the browser. A headless Chromium (scripts/ensure-chromium; Selenium) signs in through
    the form, then loads /ui/ `--loads` times (the first with an empty cache). Each load's
    navigation timing (performance.getEntriesByType("navigation")): the first byte, the DOM
@@ -37,6 +41,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -418,9 +423,11 @@ def report(
     print(f"  {'':34} {'median':>8} {'p90':>8}")
     print(f"  {'GET /ui/ (HTML page)':34} {page:8.1f} {p90(served['page']):8.1f}")
     print(f"  {'GET /v2/lm/deployments (peer)':34} {api:8.1f} {p90(served['api']):8.1f}")
+    print(f"  load average over the last minute at the end: {os.getloadavg()[0]:.1f}")
     print(f"  page / peer: {page / api:.2f}x; beyond the statuses the page costs "
           f"{page - api:.1f} ms")  # fmt: skip
-    print("  the route's steps, in process:")
+    print("  the route's steps, in process (the statuses with a container list of their own;")
+    print("  serve takes its routing table's list while under a second old):")
     total = 0.0
     for name, values in steps.items():
         total += median(values)
