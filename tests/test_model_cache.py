@@ -148,8 +148,11 @@ def test_a_store_that_goes_down_midway_keeps_what_came_and_the_next_fetch_resume
         assert not cache.has(found.version)
         link.heal()  # the store is back
         already = _resumed_from(cache, found)
-        assert already > 0, "nothing of the first download was kept"
-        assert link.relayed < len(BIG) - 1024 * 1024, f"read again: {link.relayed} bytes"
+        # At least one whole part came before the cut (3 MiB over 2 streams of 1 MiB parts);
+        # how many more depends on how the two streams were scheduled.
+        assert already >= 1024 * 1024, f"only {already} bytes of the first download were kept"
+        # Only what was missing is read again (and the requests' heads).
+        assert link.relayed < len(BIG) - already + 64 * 1024, f"read again: {link.relayed} bytes"
     finally:
         link.close()
 
